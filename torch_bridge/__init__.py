@@ -1,0 +1,15 @@
+"""The torch side of functional-opt: schedulers and optimizer builders for PyTorch and torchrec.
+
+Every learning rate comes from the JAX schedules of ``functional_opt.schedules``;
+nothing here re-implements a formula or the recap grouping rule.
+
+torchrec is imported only by the functions that need it
+(:func:`build_recap_optimizer`, or a :class:`RecapLRShim` given a torchrec
+optimizer), so plain-torch users do not pay for its import.
+"""
+
+from torch_bridge.optimizers import build_optimizer
+from torch_bridge.recap import build_recap_optimizer
+from torch_bridge.schedulers import LRShim, RecapLRShim
+
+__all__ = ["LRShim", "RecapLRShim", "build_optimizer", "build_recap_optimizer"]

@@ -1,0 +1,199 @@
+"""``build_recap_optimizer``: TML's recap optimizer for torch/torchrec, on the shared grouping rule.
+
+The parameters are split by :func:`functional_opt.grouping.recap_groups` (the
+one grouping rule, also used by the optax builder): one group per tower,
+``backbone`` (or ``single_task``) and ``dense_ebc``. Parameters that a fused
+in-backward optimizer already updates (torchrec's FUSED embedding kernel under
+``DistributedModelParallel``, or ``apply_optimizer_in_backward``) are left out,
+as torchrec's ``in_backward_optimizer_filter`` does.
+
+The returned ``CombinedOptimizer`` holds, in this order:
+
+1. one ``KeyedOptimizerWrapper`` over every Adam parameter, wrapping ONE
+   ``torch.optim.Adam`` (``fused=True`` when all parameters are floating point on
+   CPU or CUDA) with one param group per tower / ``backbone``, in group order.
+   TML builds one wrapped Adam per group; a single fused Adam does the same
+   update per group several times faster;
+2. a ``KeyedOptimizerWrapper`` over ``torch.optim.SGD`` (no momentum) for
+   ``dense_ebc``, the rule of the fused embedding optimizer;
+3. the model's ``fused_optimizer`` (DMP), last.
+
+Its ``state_dict`` is torchrec's keyed one: parameter names as keys. Every
+param group carries its group name under ``"name"`` and starts at its
+schedule's value at step 0 (TML's placeholder 24601.0 never exists). The
+:class:`~torch_bridge.schedulers.RecapLRShim` drives the dense groups from their
+schedules and every fused embedding group from
+``emb_optimizer_config.learning_rate``.
+
+Example:
+    >>> import torch
+    >>> from functional_opt import config
+    >>> from torch_bridge import build_recap_optimizer
+    >>> model = torch.nn.Module()
+    >>> model.towers = torch.nn.ModuleDict({"recap__is_clicked": torch.nn.Linear(2, 1)})
+    >>> model.backbone = torch.nn.Linear(2, 2)
+    >>> cfg = config.RecapOptimizerConfig(adam={}, multi_task_learning_rates={
+    ...     "tower_learning_rates": {"recap.is_clicked": {"constant": 0.1}},
+    ...     "backbone_learning_rate": {"constant": 0.01}})
+    >>> opt, sched = build_recap_optimizer(model, cfg)
+    >>> [(g["name"], g["lr"]) for g in opt.param_groups]
+    [('recap.is_clicked', 0.1), ('backbone', 0.01)]
+    >>> sorted(opt.params)
+    ['backbone.bias', 'backbone.weight', 'towers.recap__is_clicked.bias', 'towers.recap__is_clicked.weight']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from functional_opt import config as config_lib
+from functional_opt import grouping
+from functional_opt import schedules as schedules_lib
+from torch_bridge.schedulers import RecapLRShim
+
+if TYPE_CHECKING:
+    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer
+
+__all__ = ["build_recap_optimizer"]
+
+# Device types on which torch.optim.Adam(fused=True) runs.
+_FUSED_ADAM_DEVICES = ("cpu", "cuda")
+
+
+def build_recap_optimizer(
+    model: torch.nn.Module,
+    recap_config: config_lib.RecapOptimizerConfig,
+    emb_optimizer_config: config_lib.EmbeddingOptimizerConfig | None = None,
+) -> tuple[CombinedOptimizer, RecapLRShim]:
+    """Builds TML's recap optimizer and its scheduler.
+
+    Args:
+        model: the model, possibly a ``DistributedModelParallel`` whose
+            ``fused_optimizer`` updates sharded embedding tables in backward.
+        recap_config: per-tower / backbone (or single-task) schedules and Adam's
+            hyper-parameters.
+        emb_optimizer_config: the embedding schedule: drives ``dense_ebc`` and the
+            fused embedding optimizer.
+
+    Returns:
+        ``(optimizer, scheduler)``: a torchrec ``CombinedOptimizer`` (see the module
+        docstring for its parts) and a :class:`~torch_bridge.schedulers.RecapLRShim`.
+
+    Raises:
+        ValueError: a tower matches no parameter, a parameter matches two towers,
+            learning rates are missing or extra for some groups (all named), the
+            model has a fused embedding optimizer but no embedding learning rate,
+            or in-backward parameters that no fused optimizer exposes.
+        TypeError: a config of the wrong type.
+    """
+    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+    if not isinstance(recap_config, config_lib.RecapOptimizerConfig):
+        raise TypeError(f"build_recap_optimizer: expected a RecapOptimizerConfig, got {type(recap_config).__name__}")
+    if emb_optimizer_config is not None and not isinstance(emb_optimizer_config, config_lib.EmbeddingOptimizerConfig):
+        raise TypeError(
+            "build_recap_optimizer: emb_optimizer_config must be an EmbeddingOptimizerConfig or None, "
+            f"got {type(emb_optimizer_config).__name__}"
+        )
+
+    named = dict(in_backward_optimizer_filter(model.named_parameters(), include=False))
+    in_backward = [n for n, p in in_backward_optimizer_filter(model.named_parameters(), include=True) if p.numel()]
+    fused = _fused_optimizer(model)
+    _check_in_backward(in_backward, fused)
+    emb_learning_rate = _embedding_learning_rate(fused, emb_optimizer_config)
+
+    groups = grouping.recap_groups(list(named), recap_config, emb_optimizer_config)
+    optimizers: list[KeyedOptimizer] = []
+    adam_groups = [g for g in groups if g.algorithm == "adam"]
+    if adam_groups:
+        adam_params = {n: named[n] for g in adam_groups for n in g.param_names}
+        adam_param_groups = [_torch_group(g, named) for g in adam_groups]
+        adam = recap_config.adam
+        use_fused = _can_fuse(adam_params.values())
+
+        def make_adam(_: Any) -> torch.optim.Optimizer:
+            return torch.optim.Adam(
+                adam_param_groups,
+                betas=(adam.beta_1, adam.beta_2),
+                eps=adam.epsilon,
+                maximize=False,
+                fused=use_fused or None,
+            )
+
+        optimizers.append(KeyedOptimizerWrapper(adam_params, make_adam))
+    for group in (g for g in groups if g.algorithm == "sgd"):
+        sgd_params = {n: named[n] for n in group.param_names}
+        sgd_param_groups = [_torch_group(group, named)]
+
+        def make_sgd(_: Any, param_groups: list[dict[str, Any]] = sgd_param_groups) -> torch.optim.Optimizer:
+            return torch.optim.SGD(param_groups, momentum=0.0, dampening=0.0, maximize=False)
+
+        optimizers.append(KeyedOptimizerWrapper(sgd_params, make_sgd))
+    if fused is not None:
+        optimizers.append(fused)
+    if not optimizers:
+        raise ValueError(f"build_recap_optimizer: {type(model).__name__} has no parameters to optimize")
+
+    optimizer = CombinedOptimizer(optimizers)
+    lr_dict = {g.name: g.learning_rate for g in groups}
+    return optimizer, RecapLRShim(optimizer, lr_dict, emb_learning_rate)
+
+
+def _torch_group(group: grouping.ParamGroup, named: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """A torch param group for ``group``, named and at its schedule's step-0 value."""
+    return {
+        "params": [named[n] for n in group.param_names],
+        "lr": schedules_lib.compute_lr(group.learning_rate, 0),
+        "name": group.name,
+    }
+
+
+def _can_fuse(params: Any) -> bool:
+    """Whether ``torch.optim.Adam(fused=True)`` accepts these parameters."""
+    tensors = list(params)
+    if not tensors or not all(type(p) in (torch.Tensor, torch.nn.Parameter) for p in tensors):
+        return False
+    devices = {p.device.type for p in tensors}
+    return len(devices) == 1 and devices <= set(_FUSED_ADAM_DEVICES) and all(p.is_floating_point() for p in tensors)
+
+
+def _fused_optimizer(model: torch.nn.Module) -> KeyedOptimizer | None:
+    """The model's fused (in-backward) embedding optimizer, or None when it has none or an empty one."""
+    fused = getattr(model, "fused_optimizer", None)
+    if fused is None:
+        return None
+    if not list(fused.param_groups):
+        return None
+    return fused
+
+
+def _check_in_backward(in_backward: Sequence[str], fused: KeyedOptimizer | None) -> None:
+    """In-backward parameters must belong to the fused optimizer, or their LR could not be scheduled."""
+    if not in_backward:
+        return
+    exposed = set(fused.params) if fused is not None else set()
+    hidden = [n for n in in_backward if n not in exposed]
+    if hidden:
+        where = "model.fused_optimizer does not hold them" if fused is not None else "the model has no fused_optimizer"
+        raise ValueError(
+            f"build_recap_optimizer: parameters {hidden} are updated by an in-backward optimizer but {where}, "
+            "so their learning rate cannot be scheduled; shard them with DistributedModelParallel "
+            "(FUSED kernel) or drop apply_optimizer_in_backward"
+        )
+
+
+def _embedding_learning_rate(
+    fused: KeyedOptimizer | None, emb_optimizer_config: config_lib.EmbeddingOptimizerConfig | None
+) -> config_lib.LearningRate | None:
+    if fused is None:
+        return None
+    if emb_optimizer_config is None or emb_optimizer_config.learning_rate is None:
+        raise ValueError(
+            f"build_recap_optimizer: the model has a fused embedding optimizer (tables {sorted(fused.params)}) "
+            "but no embedding learning rate: set emb_optimizer_config.learning_rate"
+        )
+    return emb_optimizer_config.learning_rate

@@ -1,0 +1,604 @@
+"""torch learning-rate schedulers driven by the JAX schedules of ``functional_opt``.
+
+:class:`LRShim` gives every param group of a torch optimizer its own schedule:
+a :class:`~functional_opt.config.LearningRate` config (TML's YAML format) or any
+``optax.Schedule``. :class:`RecapLRShim` is TML's recap variant: one schedule per
+dense group of a torchrec ``CombinedOptimizer`` plus one embedding schedule that
+drives every group of its fused (in-backward) embedding optimizers.
+
+Both are closed form, like ``LambdaLR``: the k-th ``optimizer.step()``
+(k = 0, 1, ...) runs with ``lr = schedule(k)`` and ``k`` is ``last_epoch``
+alone, so a scheduler restored at step k continues exactly and nothing drifts.
+With TML's loop ``zero_grad -> forward -> backward -> optimizer.step ->
+scheduler.step`` the constructor sets ``schedule(0)`` and each
+``scheduler.step()`` sets the value for the next optimizer step.
+
+Values are the float64 results of the JAX schedules: they equal
+:func:`functional_opt.schedules.compute_lr` to ``1e-12 * max(1, |lr|)``. They are
+tabulated a block of steps at a time (:class:`~functional_opt.tabulate.ScheduleTable`),
+so ``step()`` makes no JAX call and costs about as much as a bare loop
+assigning ``group["lr"]``: less than torch's own ``LambdaLR.step()``.
+
+A group whose ``"lr"`` is a ``torch.Tensor`` when the scheduler is built (or
+when its state is loaded) is updated in place (``fill_``), so a
+``torch.compile``'d optimizer step sees the new value without recompiling.
+To turn the learning rates of an optimizer that already has a scheduler into
+tensors, replace them, then call ``scheduler.load_state_dict(scheduler.state_dict())``.
+
+Example:
+    >>> import torch
+    >>> from functional_opt import config
+    >>> from torch_bridge import LRShim
+    >>> w = torch.nn.Parameter(torch.zeros(2))
+    >>> opt = torch.optim.SGD([w], lr=1.0)
+    >>> ramp = config.LearningRate(linear_ramp_to_constant={"learning_rate": 0.5, "num_ramp_steps": 4})
+    >>> sched = LRShim(opt, {"w": ramp})
+    >>> lrs = []
+    >>> for _ in range(5):
+    ...     lrs.append(opt.param_groups[0]["lr"])
+    ...     opt.step()
+    ...     sched.step()
+    >>> lrs
+    [0.0, 0.125, 0.25, 0.375, 0.5]
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeAlias
+
+import torch
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from functional_opt import config as config_lib
+from functional_opt import schedules as schedules_lib
+from functional_opt.tabulate import ScheduleTable
+
+__all__ = ["LRShim", "LearningRateSpec", "RecapLRShim"]
+
+LearningRateSpec: TypeAlias = config_lib.LearningRate | Mapping[str, Any] | schedules_lib.Schedule
+"""A ``LearningRate`` config, a mapping that validates as one, or any ``optax.Schedule``."""
+
+# Steps evaluated per JAX call: one call every BLOCK_SIZE scheduler steps.
+BLOCK_SIZE = 2048
+
+
+_Resolved: TypeAlias = tuple[schedules_lib.Schedule, dict[str, Any]]
+
+
+def _resolve(owner: str, name: str, value: Any) -> _Resolved:
+    """The schedule for ``value`` and the JSON-able record kept in ``state_dict``."""
+    if isinstance(value, Mapping):
+        try:
+            value = config_lib.LearningRate.model_validate(dict(value))
+        except Exception as exc:  # pydantic.ValidationError
+            raise ValueError(f"{owner}: learning rate {name!r} is not a valid LearningRate: {exc}") from None
+    if isinstance(value, config_lib.LearningRate):
+        return schedules_lib.schedule_from_config(value), {"config": value.model_dump(mode="json")}
+    if callable(value):
+        return value, {"callable": _callable_id(value)}
+    raise TypeError(
+        f"{owner}: learning rate {name!r} must be a LearningRate config or a schedule callable, "
+        f"got {type(value).__name__}"
+    )
+
+
+# Tables of config-only schedules, by their configs: a new scheduler with the same configs
+# reuses the compiled JAX function instead of compiling it again (about a second).
+_TABLE_CACHE: OrderedDict[tuple[str, ...], ScheduleTable] = OrderedDict()
+_TABLE_CACHE_SIZE = 32
+
+
+def _schedule_table(resolved: Sequence[_Resolved]) -> ScheduleTable:
+    """A :class:`ScheduleTable` of one schedule per group.
+
+    For config schedules, a shallow copy of a cached table: the copy shares the
+    compiled function and fills its own block (``ScheduleTable`` rebinds its
+    rows on each fill, never mutates them), so schedulers never disturb each other.
+    """
+    schedules = [schedule for schedule, _ in resolved]
+    if any("config" not in record for _, record in resolved):
+        return ScheduleTable(schedules, block_size=BLOCK_SIZE)
+    key = tuple(json.dumps(record, sort_keys=True) for _, record in resolved)
+    prototype = _TABLE_CACHE.get(key)
+    if prototype is None:
+        prototype = ScheduleTable(schedules, block_size=BLOCK_SIZE)
+        _TABLE_CACHE[key] = prototype
+        while len(_TABLE_CACHE) > _TABLE_CACHE_SIZE:
+            _TABLE_CACHE.popitem(last=False)
+    else:
+        _TABLE_CACHE.move_to_end(key)
+    return copy.copy(prototype)
+
+
+def _callable_id(fn: Callable[..., Any]) -> str:
+    """``module.qualname`` of a schedule callable (what ``state_dict`` records instead of the closure)."""
+    module = getattr(fn, "__module__", None) or type(fn).__module__
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}.{qualname}"
+
+
+def _param_keys(optimizer: Optimizer) -> dict[int, str]:
+    """``id(param) -> key`` for a keyed (torchrec) optimizer; empty for a plain one."""
+    params = getattr(optimizer, "params", None)
+    if not isinstance(params, Mapping):
+        return {}
+    return {id(p): str(k) for k, p in params.items()}
+
+
+def _group_label(index: int, group: Mapping[str, Any], keys: Mapping[int, str]) -> str:
+    """A readable name for one param group: its ``"name"`` entry, else its parameters."""
+    name = group.get("name")
+    if isinstance(name, str):
+        return name
+    params = list(group.get("params", []))
+    shown = [keys.get(id(p), f"<{type(p).__name__} {tuple(getattr(p, 'shape', ()))}>") for p in params[:3]]
+    more = f", ... ({len(params)} params)" if len(params) > 3 else ""
+    return f"param_groups[{index}]: [{', '.join(shown)}{more}]"
+
+
+def _differences(expected: Sequence[str], got: Sequence[str]) -> str:
+    missing = [n for n in expected if n not in got]
+    extra = [n for n in got if n not in expected]
+    parts = []
+    if missing:
+        parts.append(f"missing: {missing}")
+    if extra:
+        parts.append(f"extra: {extra}")
+    if not parts:
+        parts.append(f"same names in a different order: expected {list(expected)}, got {list(got)}")
+    return "; ".join(parts)
+
+
+class LRShim(LRScheduler):
+    """Closed-form scheduler: param group ``i`` follows the ``i``-th schedule of ``lr_dict``.
+
+    The k-th ``optimizer.step()`` (k = 0, 1, ...) uses ``lr_i = schedule_i(k)``,
+    where ``schedule_i`` is :func:`functional_opt.schedules.schedule_from_config`
+    of a config or the given callable, evaluated in float64.
+
+    Works on any ``torch.optim.Optimizer``, including torchrec's
+    ``KeyedOptimizer`` and ``CombinedOptimizer`` (whose ``param_groups`` are its
+    optimizers' groups, in order). When every group carries a ``"name"`` entry
+    (the builders of this package set one), the names of ``lr_dict`` must be
+    those names, in that order.
+
+    ``state_dict()`` holds the step and the configs (JSON-able; a callable is
+    recorded by its qualified name), never closures. ``load_state_dict`` checks
+    that the saved configs are this scheduler's, then restores the step and
+    writes that step's learning rates into the optimizer.
+
+    Args:
+        optimizer: the optimizer whose param groups are driven.
+        lr_dict: group name -> ``LearningRate`` config (or a mapping that validates
+            as one) or ``optax.Schedule``; one entry per param group, in order.
+        last_epoch: torch's resume argument: the index of the last step taken
+            (-1 for a fresh start; other values need ``initial_lr`` in every group).
+
+    Raises:
+        ValueError: the number (or the names) of the schedules and of the param
+            groups differ; the message gives both counts and all names.
+        TypeError: a key is not a string or a value is neither a config nor a callable.
+
+    Example:
+        >>> import optax, torch
+        >>> from torch_bridge import LRShim
+        >>> w = torch.nn.Parameter(torch.zeros(1))
+        >>> opt = torch.optim.SGD([w], lr=0.0)
+        >>> sched = LRShim(opt, {"all": optax.linear_schedule(0.0, 1.0, transition_steps=4)})
+        >>> for _ in range(2):
+        ...     opt.step()
+        ...     sched.step()
+        >>> sched.last_epoch, sched.get_last_lr()
+        (2, [0.5])
+    """
+
+    def __init__(self, optimizer: Optimizer, lr_dict: Mapping[str, LearningRateSpec], last_epoch: int = -1) -> None:
+        if not isinstance(lr_dict, Mapping):
+            raise TypeError(f"{type(self).__name__}: lr_dict must be a mapping, got {type(lr_dict).__name__}")
+        bad_keys = [k for k in lr_dict if not isinstance(k, str)]
+        if bad_keys:
+            raise TypeError(f"{type(self).__name__}: lr_dict keys must be group names (str), got {bad_keys}")
+        self.lr_dict = dict(lr_dict)
+        self.group_names = list(self.lr_dict)
+        resolved = [_resolve(type(self).__name__, n, v) for n, v in self.lr_dict.items()]
+        self._resolved = resolved
+        self._records = {n: r for n, (_, r) in zip(self.group_names, resolved, strict=True)}
+        group_schedules = self._assign_schedules(optimizer)
+        self._table = _schedule_table(group_schedules)
+        self._num_groups = len(group_schedules)
+        self._tensor_lrs = _has_tensor_lr(optimizer)
+        super().__init__(optimizer, last_epoch)
+
+    # --- validation ---------------------------------------------------------------------------
+
+    def _assign_schedules(self, optimizer: Optimizer) -> list[_Resolved]:
+        """One (schedule, record) per param group of ``optimizer``, in order (validates counts and names)."""
+        groups = list(optimizer.param_groups)
+        keys = _param_keys(optimizer)
+        labels = [_group_label(i, g, keys) for i, g in enumerate(groups)]
+        if len(groups) != len(self._resolved):
+            raise ValueError(
+                f"{type(self).__name__}: the optimizer has {len(groups)} param groups {labels} "
+                f"but lr_dict has {len(self._resolved)} learning rates {self.group_names}"
+            )
+        _check_names(type(self).__name__, groups, labels, self.group_names)
+        return list(self._resolved)
+
+    # --- stepping ------------------------------------------------------------------------------
+
+    def step(self, epoch: int | None = None) -> None:
+        """Moves to the next step and writes its learning rates into the param groups.
+
+        Call it after ``optimizer.step()``. ``epoch`` (deprecated in torch) jumps to
+        that step instead.
+
+        Raises:
+            ValueError: ``epoch`` is negative or the optimizer's param groups changed
+                in number since the scheduler was built.
+        """
+        groups = self.optimizer.param_groups
+        if len(groups) != self._num_groups:
+            self._group_count_changed(len(groups))
+        if epoch is None:
+            step = self.last_epoch + 1
+        else:
+            warnings.warn(
+                "The epoch parameter in `scheduler.step()` is deprecated: use `scheduler.step()` without it",
+                UserWarning,
+                stacklevel=2,
+            )
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+                raise ValueError(f"{type(self).__name__}.step: epoch={epoch!r} must be an integer >= 0")
+            step = epoch
+        if self._step_count == 1:
+            self._warn_step_order()
+        row = self._table.row(step)
+        if self._tensor_lrs:
+            for group, lr in zip(groups, row, strict=True):
+                current = group["lr"]
+                if isinstance(current, torch.Tensor):
+                    current.fill_(lr)
+                else:
+                    group["lr"] = lr
+        else:
+            for group, lr in zip(groups, row, strict=True):
+                group["lr"] = lr
+        self.last_epoch = step
+        self._step_count += 1
+        self._last_lr = row
+
+    def _warn_step_order(self) -> None:
+        """torch's warnings for a scheduler stepped before its optimizer.
+
+        ``LRScheduler.__init__`` marks the ``optimizer.step`` it wraps with
+        ``_wrapped_by_lr_sched`` and the wrapper sets ``optimizer._opt_called``:
+        these private markers of torch are the only way to give torch's warning,
+        and they are read once, at the first step.
+        """
+        if not hasattr(self.optimizer.step, "_wrapped_by_lr_sched"):
+            warnings.warn(
+                "Seems like `optimizer.step()` has been overridden after learning rate scheduler "
+                "initialization. Please, make sure to call `optimizer.step()` before `lr_scheduler.step()`.",
+                UserWarning,
+                stacklevel=3,
+            )
+        elif not getattr(self.optimizer, "_opt_called", False):
+            warnings.warn(
+                "Detected call of `lr_scheduler.step()` before `optimizer.step()`. Call them in the "
+                "opposite order: `optimizer.step()` before `lr_scheduler.step()`; otherwise the first "
+                "value of the learning rate schedule is skipped.",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def _group_count_changed(self, count: int) -> None:
+        raise ValueError(
+            f"{type(self).__name__}.step: the optimizer now has {count} param groups, but the scheduler "
+            f"was built for {self._num_groups}; build a new scheduler after adding param groups"
+        )
+
+    def _lrs_at(self, step: int) -> list[float]:
+        return list(self._table.row(step))
+
+    def get_lr(self) -> list[float | torch.Tensor]:
+        """The learning rates at ``last_epoch`` (closed form), one per param group.
+
+        Entries have the type of each group's ``"lr"``: a float, or a new tensor
+        for a group whose learning rate is a tensor.
+        """
+        return self._typed(self._lrs_at(self.last_epoch))
+
+    def get_last_lr(self) -> list[float | torch.Tensor]:
+        """The learning rates the last ``step()`` set, one per param group (a new list).
+
+        Entries are floats, or new tensors for groups whose ``"lr"`` is a tensor.
+        """
+        return self._typed(list(self._last_lr))
+
+    def _typed(self, values: list[float]) -> list[float | torch.Tensor]:
+        if not self._tensor_lrs:
+            return list(values)
+        out: list[float | torch.Tensor] = []
+        for group, value in zip(self.optimizer.param_groups, values, strict=True):
+            current = group["lr"]
+            if isinstance(current, torch.Tensor):
+                out.append(torch.full_like(current, value))
+            else:
+                out.append(value)
+        return out
+
+    def _write_lrs(self) -> None:
+        """Sets every group's learning rate for ``last_epoch`` (used after a load)."""
+        row = self._table.row(self.last_epoch)
+        for group, lr in zip(self.optimizer.param_groups, row, strict=True):
+            current = group["lr"]
+            if isinstance(current, torch.Tensor):
+                current.fill_(lr)
+            else:
+                group["lr"] = lr
+        self._last_lr = row
+
+    # --- state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The scheduler's state: the step and the learning-rate configs, all JSON-able.
+
+        Returns:
+            ``{"last_epoch", "_step_count", "_last_lr", "lr_dict"}`` (and, for
+            :class:`RecapLRShim`, ``"emb_learning_rate"``), where each learning
+            rate is ``{"config": <LearningRate as a dict>}`` or
+            ``{"callable": "<module>.<qualname>"}``.
+        """
+        return {
+            "last_epoch": int(self.last_epoch),
+            "_step_count": int(self._step_count),
+            "_last_lr": [float(v) for v in self._last_lr],
+            "lr_dict": {name: _copy_record(r) for name, r in self._records.items()},
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restores the step of a saved state made with the same learning rates.
+
+        The learning rates of the restored step are written into the optimizer's
+        param groups at once (torchrec's keyed optimizers do not save them), so
+        the next ``optimizer.step()`` runs with ``schedule(last_epoch)``.
+
+        Args:
+            state_dict: a dict returned by :meth:`state_dict`.
+
+        Raises:
+            ValueError: the state is malformed or was saved with different
+                learning-rate names or configs; the message names each mismatch.
+                The scheduler is left unchanged.
+        """
+        last_epoch, step_count = self._check_state(state_dict)
+        self.last_epoch = last_epoch
+        self._step_count = step_count
+        self._tensor_lrs = _has_tensor_lr(self.optimizer)
+        self._write_lrs()
+
+    def _check_state(self, state_dict: Mapping[str, Any]) -> tuple[int, int]:
+        owner = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state_dict, Mapping):
+            raise ValueError(f"{owner}: expected a dict from state_dict(), got {type(state_dict).__name__}")
+        missing_keys = [k for k in ("last_epoch", "_step_count", "lr_dict") if k not in state_dict]
+        if missing_keys:
+            raise ValueError(f"{owner}: the state has no {missing_keys} entries (not a state of this scheduler)")
+        last_epoch = state_dict["last_epoch"]
+        step_count = state_dict["_step_count"]
+        for key, value in (("last_epoch", last_epoch), ("_step_count", step_count)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{owner}: {key}={value!r} must be an integer >= 0")
+        groups = len(self.optimizer.param_groups)
+        if groups != self._num_groups:
+            raise ValueError(
+                f"{owner}: the optimizer now has {groups} param groups, but the scheduler was built for "
+                f"{self._num_groups}"
+            )
+        saved = state_dict["lr_dict"]
+        if not isinstance(saved, Mapping):
+            raise ValueError(f"{owner}: lr_dict must be a mapping, got {type(saved).__name__}")
+        problems = _compare_records("lr_dict", self._records, saved)
+        problems += self._check_extra_state(state_dict)
+        if problems:
+            raise ValueError(f"{owner}: the saved state was made with different learning rates; " + "; ".join(problems))
+        return last_epoch, step_count
+
+    def _check_extra_state(self, state_dict: Mapping[str, Any]) -> list[str]:
+        return []
+
+
+class RecapLRShim(LRShim):
+    """TML's recap scheduler: dense groups from ``lr_dict``, fused embedding groups from ``emb_learning_rate``.
+
+    The optimizer's groups are split by the optimizers that hold them (torchrec's
+    ``CombinedOptimizer.optimizers``, recursively): groups of a torchrec
+    ``FusedOptimizer`` (the in-backward TBE embedding optimizer of a
+    ``DistributedModelParallel`` model) are embedding groups; all other groups
+    are dense and take the schedules of ``lr_dict``, in order. ``emb_learning_rate``
+    drives every embedding group.
+
+    torchrec's fused TBE optimizer copies ``param_groups[0]["lr"]`` into its
+    kernel in ``zero_grad()`` and ``step()``; the embedding rows are updated
+    during ``backward``. In the loop ``zero_grad -> forward -> backward -> step ->
+    scheduler.step``, step k's ``zero_grad`` therefore hands the kernel
+    ``emb_schedule(k)``, which backward k uses, like every dense group. The
+    kernel stores the value in float32.
+
+    Args:
+        optimizer: typically the ``CombinedOptimizer`` of
+            :func:`torch_bridge.build_recap_optimizer`; any optimizer works
+            (a plain one has dense groups only).
+        lr_dict: dense group name -> learning rate, one per dense group, in order.
+        emb_learning_rate: the schedule of the fused embedding groups; required
+            when there are any, and only then.
+        last_epoch: see :class:`LRShim`.
+
+    Raises:
+        ValueError: the dense groups and ``lr_dict`` differ in number or names
+            (both listed), fused embedding groups have no ``emb_learning_rate``,
+            or ``emb_learning_rate`` is given with no fused embedding group.
+
+    Example:
+        >>> import torch
+        >>> from functional_opt import config
+        >>> from torch_bridge import RecapLRShim
+        >>> opt = torch.optim.Adam([{"params": [torch.nn.Parameter(torch.zeros(1))], "name": "tower"},
+        ...                         {"params": [torch.nn.Parameter(torch.zeros(1))], "name": "backbone"}])
+        >>> sched = RecapLRShim(opt, {"tower": config.LearningRate(constant=0.1),
+        ...                           "backbone": config.LearningRate(constant=0.01)}, None)
+        >>> sched.get_last_lr()
+        [0.1, 0.01]
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        lr_dict: Mapping[str, LearningRateSpec],
+        emb_learning_rate: LearningRateSpec | None = None,
+        last_epoch: int = -1,
+    ) -> None:
+        self.emb_learning_rate = emb_learning_rate
+        if emb_learning_rate is None:
+            self._emb_schedule, self._emb_record = None, None
+        else:
+            self._emb_schedule, self._emb_record = _resolve(type(self).__name__, "emb_learning_rate", emb_learning_rate)
+        super().__init__(optimizer, lr_dict, last_epoch)
+
+    def _assign_schedules(self, optimizer: Optimizer) -> list[_Resolved]:
+        owner = type(self).__name__
+        groups = list(optimizer.param_groups)
+        fused = _fused_flags(optimizer)
+        if len(fused) != len(groups):
+            raise ValueError(
+                f"{owner}: the optimizer reports {len(groups)} param groups but its optimizers hold {len(fused)}"
+            )
+        keys = _param_keys(optimizer)
+        labels = [_group_label(i, g, keys) for i, g in enumerate(groups)]
+        dense = [i for i, f in enumerate(fused) if not f]
+        embedding = [i for i, f in enumerate(fused) if f]
+        dense_labels = [labels[i] for i in dense]
+        if len(dense) != len(self._resolved):
+            raise ValueError(
+                f"{owner}: the optimizer has {len(dense)} dense param groups {dense_labels} "
+                f"but lr_dict has {len(self._resolved)} learning rates {self.group_names}"
+                + (f" (plus {len(embedding)} fused embedding groups)" if embedding else "")
+            )
+        _check_names(owner, [groups[i] for i in dense], dense_labels, self.group_names)
+        if embedding and self._emb_schedule is None:
+            raise ValueError(
+                f"{owner}: the optimizer has fused embedding optimizer groups {[labels[i] for i in embedding]} "
+                "but emb_learning_rate is None; give the embedding schedule "
+                "(EmbeddingOptimizerConfig.learning_rate)"
+            )
+        if not embedding and self._emb_schedule is not None:
+            raise ValueError(
+                f"{owner}: emb_learning_rate is set but the optimizer has no fused embedding optimizer "
+                f"(its groups are {labels})"
+            )
+        emb = (self._emb_schedule, self._emb_record)
+        dense_schedules = iter(self._resolved)
+        return [emb if is_fused else next(dense_schedules) for is_fused in fused]  # type: ignore[misc]
+
+    def state_dict(self) -> dict[str, Any]:
+        """See :meth:`LRShim.state_dict`; adds ``"emb_learning_rate"`` (a record or None)."""
+        state = super().state_dict()
+        state["emb_learning_rate"] = _copy_record(self._emb_record) if self._emb_record is not None else None
+        return state
+
+    def _check_extra_state(self, state_dict: Mapping[str, Any]) -> list[str]:
+        saved = state_dict.get("emb_learning_rate", None)
+        if saved is None and self._emb_record is None:
+            return []
+        if saved is None or self._emb_record is None:
+            return [f"emb_learning_rate: saved {saved!r}, current {self._emb_record!r}"]
+        return _compare_records(
+            "emb_learning_rate", {"emb_learning_rate": self._emb_record}, {"emb_learning_rate": saved}
+        )
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _has_tensor_lr(optimizer: Optimizer) -> bool:
+    return any(isinstance(g["lr"], torch.Tensor) for g in optimizer.param_groups)
+
+
+def _check_names(owner: str, groups: Sequence[Mapping[str, Any]], labels: Sequence[str], names: Sequence[str]) -> None:
+    """When every group has a ``"name"``, ``names`` must be those names in order."""
+    group_names = [g.get("name") for g in groups]
+    if not group_names or not all(isinstance(n, str) for n in group_names):
+        return
+    if list(group_names) != list(names):
+        raise ValueError(
+            f"{owner}: lr_dict names {list(names)} do not match the optimizer's param group names "
+            f"{list(labels)} ({_differences(list(labels), list(names))})"
+        )
+
+
+def _fused_flags(optimizer: Optimizer) -> list[bool]:
+    """For each param group of ``optimizer`` (in order): does a torchrec fused optimizer hold it?"""
+    return [fused for leaf, fused in _leaves(optimizer) for _ in leaf.param_groups]
+
+
+def _leaves(optimizer: Optimizer) -> Iterator[tuple[Optimizer, bool]]:
+    """The optimizers that own param groups, with whether each is a torchrec ``FusedOptimizer``.
+
+    torchrec is only consulted when it is already imported: an optimizer of
+    torchrec cannot exist otherwise, and importing it costs seconds.
+    """
+    if "torchrec" not in sys.modules:
+        yield optimizer, False
+        return
+    from torchrec.optim.fused import FusedOptimizer
+    from torchrec.optim.keyed import CombinedOptimizer
+
+    if isinstance(optimizer, CombinedOptimizer):
+        for _, child in optimizer.optimizers:
+            yield from _leaves(child)
+    else:
+        yield optimizer, isinstance(optimizer, FusedOptimizer)
+
+
+def _copy_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(dict(record))
+
+
+def _compare_records(what: str, current: Mapping[str, Mapping[str, Any]], saved: Mapping[str, Any]) -> list[str]:
+    """Human-readable differences between the current and the saved learning-rate records."""
+    problems: list[str] = []
+    if list(current) != list(saved):
+        problems.append(f"{what} names differ ({_differences(list(current), [str(k) for k in saved])})")
+    for name, record in current.items():
+        if name not in saved:
+            continue
+        other = saved[name]
+        if not isinstance(other, Mapping):
+            problems.append(f"{what}[{name!r}]: saved entry {other!r} is not a learning-rate record")
+            continue
+        if "config" in record:
+            if "config" not in other:
+                problems.append(f"{what}[{name!r}]: saved {dict(other)!r}, current is a LearningRate config")
+                continue
+            try:
+                saved_cfg = config_lib.LearningRate.model_validate(other["config"])
+            except Exception as exc:  # pydantic.ValidationError
+                problems.append(f"{what}[{name!r}]: saved config is invalid: {exc}")
+                continue
+            current_cfg = config_lib.LearningRate.model_validate(record["config"])
+            if saved_cfg != current_cfg:
+                problems.append(f"{what}[{name!r}]: saved {_short(saved_cfg)}, current {_short(current_cfg)}")
+        elif dict(other) != dict(record):
+            problems.append(f"{what}[{name!r}]: saved {dict(other)!r}, current {dict(record)!r}")
+    return problems
+
+
+def _short(cfg: config_lib.LearningRate) -> str:
+    return str(cfg.model_dump(mode="json", exclude_none=True))
