@@ -29,5 +29,8 @@ test: lint
 demo: setup
 	$(BIN)/python examples/quickstart_jax.py
 
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -12,7 +12,11 @@ for the k-th ``optimizer.step()`` (k = 0, 1, ...).
 Precision: a schedule computes in JAX's default float type at the time it is
 called (float32, or float64 under ``jax.enable_x64``), whatever the integer
 type of ``count``. Step counts of the configuration are held as Python floats,
-so configs whose step counts exceed ``2**31 - 1`` work in float32 mode.
+so configs whose step counts exceed ``2**31 - 1`` work in float32 mode. An
+integer step (Python or numpy) too large for JAX's default integer type is
+taken as a float, never wrapped around; a piecewise schedule compares integer
+steps exactly and float steps against boundaries rounded up, so a boundary a
+float type cannot represent is not moved below its value.
 
 Example:
     >>> import jax.numpy as jnp
@@ -55,10 +59,24 @@ def _float_dtype() -> Any:
 
 
 def _as_array(count: jax.typing.ArrayLike) -> jax.Array:
-    """The step as an array; a Python int is taken as a float so that huge steps never overflow int32."""
+    """The step as an array, never silently wrapped around.
+
+    Integer steps (Python ints, numpy scalars and arrays) that do not fit JAX's
+    default integer type (int32, or int64 under x64) are taken as floats
+    instead of being truncated. Steps that are already JAX arrays or tracers
+    are returned as they are.
+    """
+    if isinstance(count, jax.Array):
+        return count
     if isinstance(count, int) and not isinstance(count, bool):
-        count = float(count)
-    return jnp.asarray(count)
+        info = np.iinfo(jax.dtypes.canonicalize_dtype(np.int64))
+        return jnp.asarray(count if info.min <= count <= info.max else float(count))
+    array = np.asarray(count)
+    if np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(jax.dtypes.canonicalize_dtype(array.dtype))
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            array = array.astype(np.float64)
+    return jnp.asarray(array)
 
 
 def _as_float(count: jax.typing.ArrayLike) -> jax.Array:
@@ -141,15 +159,46 @@ def piecewise_constant(learning_rate_boundaries: Sequence[int], learning_rate_va
         if jnp.issubdtype(count.dtype, jnp.integer):
             # Exact integer comparison; boundaries beyond the step type's range are never reached.
             top = int(jnp.iinfo(count.dtype).max)
-            reachable = [b for b in boundaries if b <= top]
-            edges = jnp.asarray(reachable, dtype=count.dtype)
+            edges = jnp.asarray([b for b in boundaries if b <= top], dtype=count.dtype)
         else:
-            edges = jnp.asarray(boundaries, dtype=count.dtype)
+            edges = jnp.asarray(_float_edges(boundaries, count.dtype))
         index = jnp.searchsorted(edges, count, side="right")
         table = jnp.asarray(values, dtype=_float_dtype())
         return table[index] + 0 * count.astype(_float_dtype())
 
     return schedule
+
+
+def _float_edges(boundaries: Sequence[int], dtype: Any) -> np.ndarray:
+    """Each boundary rounded *up* to ``dtype``: for a float step ``x``, ``x >= edge`` iff ``x >= boundary``.
+
+    Rounding to nearest instead would move a boundary that ``dtype`` cannot
+    represent (e.g. ``2**24 + 1`` in float32) below its true value.
+    """
+    dtype = np.dtype(dtype)
+    up = np.asarray(np.inf, dtype)
+    down = np.asarray(-np.inf, dtype)
+    edges = []
+    with np.errstate(over="ignore"):  # a boundary beyond dtype's range becomes inf: never reached
+        for boundary in boundaries:
+            edge = np.asarray(float(boundary)).astype(dtype)
+            while float(edge) < boundary:
+                edge = np.nextafter(edge, up)
+            while float(np.nextafter(edge, down)) >= boundary:
+                edge = np.nextafter(edge, down)
+            edges.append(edge)
+    return np.asarray(edges, dtype=dtype)
+
+
+def _ramp_fraction(step: jax.Array, ramp: float) -> jax.Array:
+    """``min(1, step / ramp)``, exactly 1 from ``step == ramp`` on.
+
+    The learning rate is then ``learning_rate * fraction``: its peak is exactly
+    ``learning_rate`` (XLA may divide by a constant as a multiplication by its
+    rounded reciprocal, so ``ramp / ramp`` need not give 1), and a tiny
+    ``learning_rate / ramp`` (flushed to zero in float32) cannot stall the ramp at 0.
+    """
+    return jnp.where(step < ramp, jnp.minimum(step / ramp, 1.0), 1.0)
 
 
 def linear_ramp_to_constant(learning_rate: float, num_ramp_steps: int) -> Schedule:
@@ -175,11 +224,11 @@ def linear_ramp_to_constant(learning_rate: float, num_ramp_steps: int) -> Schedu
     name = "linear_ramp_to_constant"
     learning_rate = _check_lr(name, "learning_rate", learning_rate)
     num_ramp_steps = _check_steps(name, "num_ramp_steps", num_ramp_steps)
-    slope = learning_rate / float(num_ramp_steps)
+    ramp = float(num_ramp_steps)
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
         step = _as_float(count)
-        return jnp.minimum(learning_rate, slope * step)
+        return learning_rate * _ramp_fraction(step, ramp)
 
     return schedule
 
@@ -222,20 +271,23 @@ def linear_ramp_to_cosine(
         raise ValueError(f"{name}: final_num_steps={final_num_steps} must be > num_ramp_steps={num_ramp_steps}")
     ramp = float(num_ramp_steps)
     final = float(final_num_steps)
-    slope = learning_rate / ramp
     span = final - ramp
     half_delta = (learning_rate - final_learning_rate) * 0.5
+    low, high = min(learning_rate, final_learning_rate), max(learning_rate, final_learning_rate)
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
         step = _as_float(count)
-        ramp_value = slope * step
+        # The ramp covers step == ramp too, so the peak is exactly learning_rate.
+        ramp_value = learning_rate * _ramp_fraction(step, ramp)
         # Clipping keeps the unused branch finite, so gradients through jnp.where stay finite.
         decay_step = jnp.clip(step, ramp, final)
         cosine_value = final_learning_rate + half_delta * (1.0 + jnp.cos(jnp.pi * (decay_step - ramp) / span))
+        # Rounding must not take the decay outside [final_learning_rate, learning_rate].
+        cosine_value = jnp.clip(cosine_value, low, high)
         return jnp.where(
-            step < ramp,
+            step <= ramp,
             ramp_value,
-            jnp.where(step <= final, cosine_value, jnp.asarray(final_learning_rate, step.dtype)),
+            jnp.where(step < final, cosine_value, jnp.asarray(final_learning_rate, step.dtype)),
         )
 
     return schedule
