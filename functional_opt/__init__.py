@@ -5,7 +5,7 @@ The same schedules drive optax (``functional_opt.optimizers``) and PyTorch
 (``functional_opt.config``).
 """
 
-from functional_opt import config, grouping, schedules, tabulate
+from functional_opt import config, demo_model, grouping, optimizers, schedules, tabulate
 from functional_opt.config import (
     AdagradConfig,
     AdamConfig,
@@ -50,10 +50,12 @@ __all__ = [
     "compute_lr",
     "config",
     "constant",
+    "demo_model",
     "grouping",
     "linear_ramp_to_constant",
     "linear_ramp_to_cosine",
     "load_config_from_yaml",
+    "optimizers",
     "piecewise_constant",
     "schedule_from_config",
     "schedules",

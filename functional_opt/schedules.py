@@ -204,7 +204,10 @@ def _ramp_fraction(step: jax.Array, ramp: float) -> jax.Array:
 def linear_ramp_to_constant(learning_rate: float, num_ramp_steps: int) -> Schedule:
     """``lr(step) = min(learning_rate, learning_rate / num_ramp_steps * step)``.
 
-    Step 0 gives 0; ``num_ramp_steps`` and later give ``learning_rate``.
+    Step 0 gives 0; ``num_ramp_steps`` and later give ``learning_rate``. It is
+    computed as ``learning_rate * min(1, step / num_ramp_steps)``: the same value
+    up to one rounding, with a peak of exactly ``learning_rate`` and no underflow
+    of ``learning_rate / num_ramp_steps`` for tiny rates in float32.
 
     Args:
         learning_rate: the constant reached at the end of the ramp.
