@@ -9,7 +9,6 @@ setup: $(STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -r requirements.txt -r requirements-dev.txt
 	$(BIN)/python -m pip install --no-deps torchrec==1.8.0
 	$(BIN)/python -m pip install --no-deps -e .
@@ -27,7 +26,10 @@ test: lint
 	$(BIN)/python -m pytest
 
 demo: setup
-	$(BIN)/python examples/quickstart_jax.py
+	$(BIN)/functional-opt demo
+
+docs: setup
+	$(BIN)/functional-opt plot functional_opt/data/example_recap.yaml -o docs/lr_curves.png
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py

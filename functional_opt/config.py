@@ -292,11 +292,13 @@ class AdagradConfig(OptimizerAlgorithmConfig):
     """torch.optim.Adagrad hyper-parameters.
 
     ``lr_decay`` and ``initial_accumulator_value`` are torch's own arguments
-    (TML's config does not list them; both default to 0 as in torch).
+    (TML's config does not list them; both default to 0 as in torch). ``eps``
+    defaults to torch's 1e-10, not TML's 0: with ``eps=0`` a parameter entry that
+    has never received a gradient is updated by ``0 / sqrt(0)``, i.e. NaN.
     """
 
     lr: float
-    eps: float = 0.0
+    eps: float = 1e-10
     lr_decay: float = 0.0
     initial_accumulator_value: float = 0.0
 

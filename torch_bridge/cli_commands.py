@@ -1,0 +1,605 @@
+"""The torch side of the ``functional-opt`` command line: ``check`` and ``demo``.
+
+``functional_opt.cli`` imports this module only when one of these two
+subcommands runs, so the rest of the tool never loads torch.
+
+* :func:`run_check` trains the demo multi-task model
+  (:mod:`functional_opt.demo_model` / :mod:`torch_bridge.demo_model`) in JAX with
+  :mod:`functional_opt.optimizers` and in PyTorch with :mod:`torch_bridge`, from the
+  same weights on the same batches, and compares every group's learning rate and
+  parameters against the parity bars.
+* :func:`run_demo` trains the model in PyTorch through
+  :func:`torch_bridge.build_recap_optimizer`, with its embedding tables sharded by
+  torchrec's ``DistributedModelParallel`` (gloo, world size 1, table-wise, FUSED
+  kernel: updated by a fused SGD inside ``backward``), and plots learning rates and loss.
+
+Both use one intra-op thread: the model is tiny, and several threads only add
+synchronisation cost (on a busy 2-core machine, 50 times slower steps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import sys
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import torch
+
+from functional_opt import config as config_lib
+from functional_opt import demo_model, grouping, schedules
+from functional_opt.cli import CliError, demo_needs_recap_message, save_figure
+from functional_opt.config_file import EMBEDDINGS, LoadedConfig
+from torch_bridge import demo_model as torch_demo
+
+__all__ = [
+    "DEFAULT_EMBEDDING_LR",
+    "FLOAT32_RELATIVE_BAR",
+    "FLOAT64_BAR",
+    "GroupResult",
+    "check_spec",
+    "demo_spec",
+    "judge",
+    "run_check",
+    "run_demo",
+]
+
+FLOAT64_BAR = 1e-12
+"""float64: max |Δparam| <= 1e-12 and |Δlr| <= 1e-12 * max(1, |lr|)."""
+FLOAT32_RELATIVE_BAR = 1e-5
+"""float32: max |Δparam| <= 1e-5 * max |param| of the group."""
+FLOAT32_LR_RELATIVE_BAR = 1e-6
+"""float32: |Δlr| <= 1e-6 * |lr| (the JAX side computes the rate in float32)."""
+DEFAULT_EMBEDDING_LR = 0.01
+"""Constant embedding learning rate used when the file has none (the demo model always has tables)."""
+DEFAULT_TASKS = ("recap.is_clicked", "recap.is_replied")
+BATCH_SIZE = 32
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def _tasks(loaded: LoadedConfig) -> tuple[str, ...]:
+    """The config's towers (multi-task), else two default tasks."""
+    opt = loaded.optimizer
+    if isinstance(opt, config_lib.RecapOptimizerConfig) and opt.multi_task_learning_rates is not None:
+        return tuple(opt.multi_task_learning_rates.tower_learning_rates)
+    return DEFAULT_TASKS
+
+
+def check_spec(loaded: LoadedConfig) -> demo_model.ModelSpec:
+    """The (small) demo model of ``check``: one tower per task of the config."""
+    return _spec(loaded, demo_model.ModelSpec())
+
+
+def demo_spec(loaded: LoadedConfig) -> demo_model.ModelSpec:
+    """The demo model of ``demo``: one tower per task of the config, two larger tables."""
+    base = demo_model.ModelSpec(
+        tables=(("user_id", 1000), ("tweet_id", 500)), embedding_dim=8, backbone_sizes=(64, 32), tower_sizes=(16,)
+    )
+    return _spec(loaded, base)
+
+
+def _spec(loaded: LoadedConfig, base: demo_model.ModelSpec) -> demo_model.ModelSpec:
+    try:
+        return dataclasses.replace(base, tasks=_tasks(loaded))
+    except ValueError as exc:
+        raise CliError(f"{loaded.path}: cannot build the demo model: {exc}") from exc
+
+
+def _embedding_config(
+    loaded: LoadedConfig,
+) -> tuple[config_lib.EmbeddingOptimizerConfig, config_lib.LearningRate, str | None]:
+    """The file's embedding optimizer and schedule, or a constant one and a note saying so."""
+    if loaded.embedding is not None and loaded.embedding.learning_rate is not None:
+        return loaded.embedding, loaded.embedding.learning_rate, None
+    note = (
+        f"note: {loaded.path} has no embedding learning rate; the demo model's embedding tables use a constant "
+        f"{DEFAULT_EMBEDDING_LR} (set model.large_embeddings.optimizer.learning_rate or emb_optimizer.learning_rate)"
+    )
+    learning_rate = config_lib.LearningRate(constant=DEFAULT_EMBEDDING_LR)
+    return config_lib.EmbeddingOptimizerConfig(learning_rate=learning_rate), learning_rate, note
+
+
+@contextlib.contextmanager
+def _quiet_torch(threads: int = 1) -> Iterator[None]:
+    """One intra-op thread, and torchrec's / torch's warnings about their own deprecations silenced."""
+    previous = torch.get_num_threads()
+    loggers = [logging.getLogger(name) for name in ("torchrec", "torch.distributed", "torch.fx")]
+    levels = [lg.level for lg in loggers]
+    torch.set_num_threads(threads)
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", module="torchrec")
+            warnings.filterwarnings("ignore", module="fbgemm_gpu")
+            yield
+    finally:
+        torch.set_num_threads(previous)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _group_label(group: Mapping[str, Any], kind: str, algorithm: str) -> str:
+    """The CLI's label of a torch param group: its name, ``embeddings`` for fused groups."""
+    name = group.get("name")
+    if not isinstance(name, str):
+        return EMBEDDINGS
+    if name == "ALL_PARAMS" and kind == "generic":
+        return algorithm
+    return EMBEDDINGS if name == grouping.DENSE_EMBEDDINGS else name
+
+
+# --------------------------------------------------------------------------- check
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupResult:
+    """The comparison of one group after ``check``.
+
+    Attributes:
+        name: the group's label.
+        num_params: number of parameter tensors in the group.
+        lr_diff: max over steps of |lr_torch - lr_jax|.
+        lr_bar: the bar ``lr_diff`` must not exceed.
+        param_diff: max over the group's parameters of max |p_torch - p_jax|.
+        param_bar: the bar ``param_diff`` must not exceed.
+        moved: max |p_final - p_initial| on the torch side (shows the comparison is not vacuous).
+        non_finite: number of NaN / inf parameter values on the torch side.
+    """
+
+    name: str
+    num_params: int
+    lr_diff: float
+    lr_bar: float
+    param_diff: float
+    param_bar: float
+    moved: float
+    non_finite: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """Whether both differences are within their bars and every parameter is finite."""
+        return self.lr_diff <= self.lr_bar and self.param_diff <= self.param_bar and self.non_finite == 0
+
+
+def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| in float64; NaN in both at the same place counts as equal, NaN in one as inf."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    diff = np.abs(a - b)
+    diff[np.isnan(a) & np.isnan(b)] = 0.0
+    diff[np.isnan(diff)] = np.inf
+    return float(np.max(diff)) if diff.size else 0.0
+
+
+def judge(
+    groups: Mapping[str, Sequence[str]],
+    lrs_torch: Mapping[str, np.ndarray],
+    lrs_jax: Mapping[str, np.ndarray],
+    params_torch: Mapping[str, np.ndarray],
+    params_jax: Mapping[str, np.ndarray],
+    initial: Mapping[str, np.ndarray],
+    dtype: str,
+) -> list[GroupResult]:
+    """Compares one group at a time against the parity bars.
+
+    Args:
+        groups: label -> parameter names.
+        lrs_torch: label -> learning rate at each step on the torch side.
+        lrs_jax: label -> learning rate at each step on the JAX side.
+        params_torch: final torch parameters by name.
+        params_jax: final JAX parameters by name.
+        initial: initial parameters by name.
+        dtype: ``"float64"`` or ``"float32"``.
+
+    Returns:
+        One :class:`GroupResult` per group, in ``groups`` order.
+
+    Example:
+        >>> import numpy as np
+        >>> lr = {"g": np.array([0.1, 0.2])}
+        >>> p0, p1 = {"w": np.zeros(2)}, {"w": np.ones(2)}
+        >>> [r.ok for r in judge({"g": ["w"]}, lr, lr, p1, {"w": np.ones(2) + 1e-9}, p0, "float64")]
+        [False]
+    """
+    results = []
+    for label, names in groups.items():
+        lt = np.asarray(lrs_torch[label], dtype=np.float64)
+        lj = np.asarray(lrs_jax[label], dtype=np.float64)
+        lr_diff = float(np.max(np.abs(lt - lj))) if lt.size else 0.0
+        lr_scale = float(np.max(np.abs(lt))) if lt.size else 0.0
+        diffs = [_max_abs_diff(params_torch[n], params_jax[n]) for n in names]
+        scale = max(float(np.nanmax(np.abs(params_torch[n]), initial=0.0)) for n in names)
+        moved = max(_max_abs_diff(params_torch[n], initial[n]) for n in names)
+        non_finite = sum(int(np.count_nonzero(~np.isfinite(params_torch[n]))) for n in names)
+        if dtype == "float64":
+            lr_bar = FLOAT64_BAR * max(1.0, lr_scale)
+            param_bar = FLOAT64_BAR
+        else:
+            lr_bar = FLOAT32_LR_RELATIVE_BAR * lr_scale
+            param_bar = FLOAT32_RELATIVE_BAR * scale
+        results.append(GroupResult(label, len(names), lr_diff, lr_bar, max(diffs), param_bar, moved, non_finite))
+    return results
+
+
+def _check_groups(
+    loaded: LoadedConfig, names: Sequence[str], emb: config_lib.EmbeddingOptimizerConfig
+) -> dict[str, list[str]]:
+    """Label -> parameter names, by the shared grouping rule (recap) or one group (generic)."""
+    opt = loaded.optimizer
+    if isinstance(opt, config_lib.RecapOptimizerConfig):
+        groups = grouping.recap_groups(names, opt, emb)
+        return {(EMBEDDINGS if g.name == grouping.DENSE_EMBEDDINGS else g.name): list(g.param_names) for g in groups}
+    return {opt.algorithm_name: list(names)}
+
+
+def _train_torch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    batches: Sequence[demo_model.Batch],
+    spec: demo_model.ModelSpec,
+    dtype: torch.dtype,
+    label_of: Any,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """TML's loop; returns (final params, label -> LR before each ``optimizer.step()``)."""
+    lrs: dict[str, list[float]] = {}
+    for batch in batches:
+        dense, features, labels = torch_demo.to_torch(batch, spec, dtype)
+        optimizer.zero_grad()
+        loss = torch_demo.loss_fn(model(dense, features), labels)
+        loss.backward()
+        seen = set()
+        for group in optimizer.param_groups:
+            label = label_of(group)
+            if label not in seen:
+                lrs.setdefault(label, []).append(float(group["lr"]))
+                seen.add(label)
+        optimizer.step()
+        scheduler.step()
+    return torch_demo.named_arrays(model), {k: np.asarray(v) for k, v in lrs.items()}
+
+
+def _train_jax(
+    loaded: LoadedConfig,
+    emb: config_lib.EmbeddingOptimizerConfig,
+    initial: Mapping[str, np.ndarray],
+    batches: Sequence[demo_model.Batch],
+    spec: demo_model.ModelSpec,
+    dtype: str,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The same training in JAX (one ``lax.scan``); LRs are those each update used."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from functional_opt import optimizers
+
+    with jax.enable_x64(dtype == "float64"):
+        jdtype = jnp.dtype(dtype)
+        # Cast in numpy first: a dtype conversion inside jnp.asarray compiles one XLA kernel per shape.
+        params = demo_model.params_from_arrays({k: np.asarray(v, dtype=jdtype) for k, v in initial.items()}, jdtype)
+        opt = loaded.optimizer
+        if isinstance(opt, config_lib.RecapOptimizerConfig):
+            tx = optimizers.build_recap_optimizer(params, opt, emb)
+
+            def lrs_of(state: Any) -> dict[str, jax.Array]:
+                found = optimizers.group_learning_rates(state)
+                return {(EMBEDDINGS if k == grouping.DENSE_EMBEDDINGS else k): v for k, v in found.items()}
+
+        else:
+            tx = optimizers.build_optimizer(opt)
+            algorithm = opt.algorithm_name
+
+            def lrs_of(state: Any) -> dict[str, jax.Array]:
+                return {algorithm: optimizers.learning_rate(state)}
+
+        def step(carry: Any, batch: demo_model.Batch) -> Any:
+            p, s = carry
+            grads = jax.grad(demo_model.loss)(p, batch, spec)
+            updates, s = tx.update(grads, s, p)
+            return (optax.apply_updates(p, updates), s), lrs_of(s)
+
+        def train(p: Any, b: demo_model.Batch) -> Any:
+            return jax.lax.scan(step, (p, tx.init(p)), b)
+
+        stacked = demo_model.Batch(*(np.stack(xs) for xs in zip(*batches, strict=True)))
+        stacked = demo_model.to_jax(
+            stacked._replace(
+                dense=stacked.dense.astype(jdtype),
+                labels=stacked.labels.astype(jdtype),
+                lengths=stacked.lengths.astype(np.int32),
+                ids=stacked.ids.astype(np.int32),
+                segment_ids=stacked.segment_ids.astype(np.int32),
+            ),
+            jdtype,
+        )
+        (final, _), lrs = jax.jit(train)(params, stacked)
+        return demo_model.named_arrays(final), {k: np.asarray(v) for k, v in lrs.items()}
+
+
+def run_check(
+    loaded: LoadedConfig, *, steps: int, dtype: str = "float64", seed: int = 0, out: TextIO | None = None
+) -> int:
+    """``functional-opt check``: JAX vs PyTorch on the demo model with the file's optimizer.
+
+    Both sides start from :func:`functional_opt.demo_model.init_arrays` and see
+    the same :func:`functional_opt.demo_model.make_batches`. torch runs TML's
+    loop (``zero_grad -> forward -> backward -> optimizer.step -> scheduler.step``);
+    JAX runs the optax optimizer in a ``lax.scan``. The embedding tables are
+    trained as ``dense_ebc`` (plain SGD) on both sides: ``torch.nn.EmbeddingBag``
+    in float64 (torchrec's EBC pools in float32), torchrec's EBC in float32.
+
+    Args:
+        loaded: the config file.
+        steps: training steps.
+        dtype: ``"float64"`` or ``"float32"``, both sides.
+        seed: seed of the weights and the batches.
+        out: where to print (default: stdout).
+
+    Returns:
+        0 when every group is within the bars, 1 when not.
+
+    Raises:
+        CliError: the optimizer cannot be built for the demo model (the message says why).
+    """
+    out = sys.stdout if out is None else out
+    spec = check_spec(loaded)
+    torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    notes = []
+    if loaded.kind == "recap":
+        emb, _, note = _embedding_config(loaded)
+        notes += [note] if note else []
+    else:  # one group holds every parameter, the tables included
+        emb = config_lib.EmbeddingOptimizerConfig()
+        if loaded.embedding_learning_rate is not None:
+            notes.append(
+                "note: a generic OptimizerConfig drives every parameter, the embedding tables included, with its "
+                f"one schedule; the embedding learning rate at '{loaded.embedding_path}' is not used"
+            )
+    batches = demo_model.make_batches(spec, steps, BATCH_SIZE, seed=seed)
+    initial = demo_model.init_arrays(spec, seed)
+
+    with _quiet_torch():
+        model = torch_demo.DemoRankingModel(spec, seed=seed, dtype=torch_dtype)
+        names = [name for name, _ in model.named_parameters()]
+        opt = loaded.optimizer
+        try:
+            groups = _check_groups(loaded, names, emb)
+            if isinstance(opt, config_lib.RecapOptimizerConfig):
+                from torch_bridge import build_recap_optimizer
+
+                optimizer, scheduler = build_recap_optimizer(model, opt, emb)
+            else:
+                from torch_bridge import build_optimizer
+
+                optimizer, scheduler = build_optimizer(model, opt)
+        except ValueError as exc:
+            raise CliError(f"{loaded.path}: cannot build the optimizer for the demo model: {exc}") from exc
+
+        algorithm = opt.algorithm_name if isinstance(opt, config_lib.OptimizerConfig) else "adam"
+        kind = loaded.kind
+        print(f"config: {loaded.describe()}", file=out)
+        for note in notes:
+            print(note, file=out)
+        print(
+            f"model: demo multi-task model, towers {list(spec.tasks)}, tables {[t for t, _ in spec.tables]} "
+            f"({'torch.nn.EmbeddingBag' if dtype == 'float64' else 'torchrec EmbeddingBagCollection'} in torch); "
+            f"{steps} steps of batch {BATCH_SIZE}, seed {seed}, {dtype}",
+            file=out,
+        )
+        params_torch, lrs_torch = _train_torch(
+            model, optimizer, scheduler, batches, spec, torch_dtype, lambda g: _group_label(g, kind, algorithm)
+        )
+    try:
+        params_jax, lrs_jax = _train_jax(loaded, emb, initial, batches, spec, dtype)
+    except ValueError as exc:
+        raise CliError(f"{loaded.path}: cannot build the JAX optimizer for the demo model: {exc}") from exc
+    results = judge(groups, lrs_torch, lrs_jax, params_torch, params_jax, initial, dtype)
+    _print_results(results, dtype, out)
+    for r in results:
+        if r.non_finite:
+            print(
+                f"{r.name}: {r.non_finite} parameter values are NaN or inf after training in torch: a diverged "
+                "run proves nothing (Adagrad with eps=0, for one, divides 0 by 0 on every coordinate whose "
+                "gradient has always been 0)",
+                file=out,
+            )
+    bad = [r.name for r in results if not r.ok]
+    if bad:
+        print(f"FAIL: {len(bad)} of {len(results)} groups differ beyond the {dtype} bars: {bad}", file=out)
+        return 1
+    print(f"OK: JAX and PyTorch agree within the {dtype} bars on all {len(results)} groups", file=out)
+    return 0
+
+
+def _print_results(results: Sequence[GroupResult], dtype: str, out: TextIO) -> None:
+    if dtype == "float64":
+        print(
+            f"bars: |Δlr| <= {FLOAT64_BAR:g} * max(1, |lr|), |Δparam| <= {FLOAT64_BAR:g} (absolute)",
+            file=out,
+        )
+    else:
+        print(
+            f"bars: |Δlr| <= {FLOAT32_LR_RELATIVE_BAR:g} * max |lr|, "
+            f"|Δparam| <= {FLOAT32_RELATIVE_BAR:g} * max |param| of the group",
+            file=out,
+        )
+    header = ["group", "params", "max |Δlr|", "lr bar", "max |Δparam|", "param bar", "moved", ""]
+    rows = [
+        [
+            r.name,
+            str(r.num_params),
+            f"{r.lr_diff:.2e}",
+            f"{r.lr_bar:.1e}",
+            f"{r.param_diff:.2e}",
+            f"{r.param_bar:.1e}",
+            f"{r.moved:.2e}",
+            "ok" if r.ok else "FAIL",
+        ]
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        print("  ".join(cells).rstrip(), file=out)
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _common_prefix(names: Sequence[str]) -> str:
+    """The longest dotted prefix (ending in ``"."``) shared by all ``names`` when there are two or more.
+
+    Example:
+        >>> _common_prefix(["recap.engagement.is_favorited", "recap.engagement.is_replied"])
+        'recap.engagement.'
+    """
+    if len(names) < 2:
+        return ""
+    parts = [name.split(".")[:-1] for name in names]
+    shared: list[str] = []
+    for column in zip(*parts, strict=False):
+        if len(set(column)) != 1:
+            break
+        shared.append(column[0])
+    return ".".join(shared) + "." if shared else ""
+
+
+def run_demo(
+    loaded: LoadedConfig,
+    *,
+    steps: int,
+    output: Path,
+    log_every: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    out: TextIO | None = None,
+) -> int:
+    """``functional-opt demo``: trains the demo model in PyTorch with the file's recap optimizer.
+
+    The model's embedding tables are sharded by ``DistributedModelParallel``
+    (gloo, world size 1, table-wise, FUSED kernel) and updated by the fused SGD
+    inside ``backward``; the towers and backbone by the Adam of
+    :func:`torch_bridge.build_recap_optimizer`, every group on its own schedule
+    through the :class:`~torch_bridge.RecapLRShim`. Loss and each group's
+    learning rate are logged at intervals and plotted to ``output``.
+
+    Args:
+        loaded: the config file (a recap optimizer config).
+        steps: training steps.
+        output: the PNG / SVG / PDF file to write (missing directories are created).
+        log_every: log every this many steps (default: about ten lines).
+        seed: seed of the weights and the data.
+        progress: show a tqdm progress bar (on a terminal).
+        out: where to log (default: stdout).
+
+    Returns:
+        0.
+
+    Raises:
+        CliError: a generic (non-recap) optimizer config, or an optimizer that
+            cannot be built for the demo model.
+    """
+    from tqdm import tqdm
+
+    from functional_opt import plotting
+    from torch_bridge import build_recap_optimizer
+
+    out = sys.stdout if out is None else out
+    opt = loaded.optimizer
+    if not isinstance(opt, config_lib.RecapOptimizerConfig):
+        raise CliError(demo_needs_recap_message(loaded))
+    spec = demo_spec(loaded)
+    emb, emb_lr, note = _embedding_config(loaded)
+    log_every = log_every if log_every is not None else max(1, steps // 10)
+    batches = demo_model.make_batches(spec, min(steps, 100), 64, seed=seed)
+
+    with _quiet_torch(), torch_demo.single_process_group():
+        model = torch_demo.DemoRankingModel(spec, seed=seed, embedding="ebc")
+        sharded = torch_demo.shard_with_fused_embeddings(model, schedules.compute_lr(emb_lr, 0))
+        try:
+            optimizer, scheduler = build_recap_optimizer(sharded, opt, emb)
+        except ValueError as exc:
+            raise CliError(f"{loaded.path}: cannot build the optimizer for the demo model: {exc}") from exc
+
+        print(f"config: {loaded.describe()}", file=out)
+        if note:
+            print(note, file=out)
+        print(
+            f"model: towers {list(spec.tasks)}, backbone {list(spec.backbone_sizes)}, fused embedding tables "
+            f"{[t for t, _ in spec.tables]} (DistributedModelParallel, gloo world size 1, table-wise, FUSED kernel)",
+            file=out,
+        )
+        labels_in_order: list[str] = []
+        for group in optimizer.param_groups:
+            label = _group_label(group, "recap", "adam")
+            if label not in labels_in_order:
+                labels_in_order.append(label)
+        print(f"optimizer groups: {labels_in_order}; {steps} steps, logging every {log_every}", file=out)
+        prefix = _common_prefix([t for t in spec.tasks if t in labels_in_order])
+        if prefix:
+            print(f"(tower names are logged without their common prefix {prefix!r})", file=out)
+
+        lrs: dict[str, list[float]] = {label: [] for label in labels_in_order}
+        losses: list[float] = []
+        bar = tqdm(total=steps, desc="demo", unit="step", disable=None if progress else True, file=sys.stderr)
+        for k in range(steps):
+            dense, features, labels = torch_demo.to_torch(batches[k % len(batches)], spec)
+            optimizer.zero_grad()
+            loss = torch_demo.loss_fn(sharded(dense, features), labels)
+            loss.backward()
+            seen = set()
+            for group in optimizer.param_groups:
+                label = _group_label(group, "recap", "adam")
+                if label not in seen:
+                    lrs[label].append(float(group["lr"]))
+                    seen.add(label)
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            if k % log_every == 0 or k == steps - 1:
+                window = losses[-log_every:]
+                rates = "  ".join(f"{label.removeprefix(prefix)}={lrs[label][-1]:.3g}" for label in labels_in_order)
+                bar.write(f"step {k:>5}  loss {np.mean(window):.4f}  lr: {rates}", file=out)
+        bar.close()
+
+    step_axis = np.arange(steps)
+    dense_lrs = {k: v for k, v in lrs.items() if k != EMBEDDINGS}
+    panels = [("learning rate of each dense group (Adam, RecapLRShim)", dense_lrs, 0)]
+    if EMBEDDINGS in lrs:
+        panels.append(("embedding learning rate (torchrec fused SGD)", {EMBEDDINGS: lrs[EMBEDDINGS]}, len(dense_lrs)))
+    fig, axes = plotting.new_figure(len(panels) + 1, height_per_row=3.0)
+    for ax, (title, curves, first_color) in zip(axes, panels, strict=False):
+        plotting.draw_learning_rates(ax, step_axis, curves, title=title, first_color=first_color)
+    ax_loss = axes[-1]
+    ax_loss.plot(step_axis, losses, color="0.75", linewidth=0.8, label="loss")
+    window = max(1, min(25, steps // 10))
+    if steps >= window > 1:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax_loss.plot(step_axis[window - 1 :], smooth, color="C3", linewidth=1.6, label=f"mean of {window} steps")
+    ax_loss.set_title("training loss (sum over tasks)")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_xlabel("step")
+    ax_loss.grid(True, alpha=0.3)
+    ax_loss.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    fig.suptitle(f"functional-opt demo: {loaded.path.name}, PyTorch + torchrec fused embeddings")
+    save_figure(fig, output)
+    first = float(np.mean(losses[: max(1, steps // 10)]))
+    last = float(np.mean(losses[-max(1, steps // 10) :]))
+    print(
+        f"loss: {first:.4f} (first {max(1, steps // 10)} steps) -> {last:.4f} (last {max(1, steps // 10)} steps)",
+        file=out,
+    )
+    print(f"wrote {output}", file=out)
+    return 0
