@@ -31,6 +31,10 @@ demo: setup
 docs: setup
 	$(BIN)/functional-opt plot functional_opt/data/example_recap.yaml -o docs/lr_curves.png
 
+FUZZ_EXAMPLES ?= 5000
+fuzz: setup
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/reliability/test_fuzz_configs.py -q
+
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
 

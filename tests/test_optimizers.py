@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -26,17 +26,6 @@ SCHEDULE = config.LearningRate(
 )
 FLOAT64_BAR = 1e-14  # relative to the largest parameter (at least 1), after STEPS steps
 FLOAT32_RELATIVE_BAR = 1e-5
-
-
-@pytest.fixture(autouse=True)
-def single_torch_thread() -> Iterator[None]:
-    """torch on one thread: these tensors are tiny and extra threads only spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def gradients(seed: int = 0) -> np.ndarray:

@@ -18,6 +18,11 @@ The returned ``CombinedOptimizer`` holds, in this order:
    ``dense_ebc``, the rule of the fused embedding optimizer;
 3. the model's ``fused_optimizer`` (DMP), last.
 
+With ``tensor_lr=True`` every dense group's ``"lr"`` is a 0-dim float64 tensor
+that the scheduler updates in place, so a ``torch.compile``'d ``optimizer.step``
+sees a new value every step without recompiling (see
+:func:`torch_bridge.optimizers.build_optimizer` for why the Adam stays fused).
+
 Its ``state_dict`` is torchrec's keyed one: parameter names as keys. Every
 param group carries its group name under ``"name"`` and starts at its
 schedule's value at step 0 (TML's placeholder 24601.0 never exists). The
@@ -51,7 +56,7 @@ import torch
 
 from functional_opt import config as config_lib
 from functional_opt import grouping
-from functional_opt import schedules as schedules_lib
+from torch_bridge.optimizers import can_fuse_adam, initial_lr
 from torch_bridge.schedulers import RecapLRShim
 
 if TYPE_CHECKING:
@@ -59,14 +64,13 @@ if TYPE_CHECKING:
 
 __all__ = ["build_recap_optimizer"]
 
-# Device types on which torch.optim.Adam(fused=True) runs.
-_FUSED_ADAM_DEVICES = ("cpu", "cuda")
-
 
 def build_recap_optimizer(
     model: torch.nn.Module,
     recap_config: config_lib.RecapOptimizerConfig,
     emb_optimizer_config: config_lib.EmbeddingOptimizerConfig | None = None,
+    *,
+    tensor_lr: bool = False,
 ) -> tuple[CombinedOptimizer, RecapLRShim]:
     """Builds TML's recap optimizer and its scheduler.
 
@@ -77,6 +81,8 @@ def build_recap_optimizer(
             hyper-parameters.
         emb_optimizer_config: the embedding schedule: drives ``dense_ebc`` and the
             fused embedding optimizer.
+        tensor_lr: hold the dense groups' learning rates in 0-dim tensors updated
+            in place (for ``torch.compile``; see the module docstring).
 
     Returns:
         ``(optimizer, scheduler)``: a torchrec ``CombinedOptimizer`` (see the module
@@ -111,9 +117,9 @@ def build_recap_optimizer(
     adam_groups = [g for g in groups if g.algorithm == "adam"]
     if adam_groups:
         adam_params = {n: named[n] for g in adam_groups for n in g.param_names}
-        adam_param_groups = [_torch_group(g, named) for g in adam_groups]
+        adam_param_groups = [_torch_group(g, named, tensor_lr) for g in adam_groups]
         adam = recap_config.adam
-        use_fused = _can_fuse(adam_params.values())
+        use_fused = can_fuse_adam(adam_params.values())
 
         def make_adam(_: Any) -> torch.optim.Optimizer:
             return torch.optim.Adam(
@@ -122,12 +128,14 @@ def build_recap_optimizer(
                 eps=adam.epsilon,
                 maximize=False,
                 fused=use_fused or None,
+                # torch's multi-tensor Adam rejects a tensor lr unless capturable.
+                foreach=False if tensor_lr and not use_fused else None,
             )
 
         optimizers.append(KeyedOptimizerWrapper(adam_params, make_adam))
     for group in (g for g in groups if g.algorithm == "sgd"):
         sgd_params = {n: named[n] for n in group.param_names}
-        sgd_param_groups = [_torch_group(group, named)]
+        sgd_param_groups = [_torch_group(group, named, tensor_lr)]
 
         def make_sgd(_: Any, param_groups: list[dict[str, Any]] = sgd_param_groups) -> torch.optim.Optimizer:
             return torch.optim.SGD(param_groups, momentum=0.0, dampening=0.0, maximize=False)
@@ -143,22 +151,10 @@ def build_recap_optimizer(
     return optimizer, RecapLRShim(optimizer, lr_dict, emb_learning_rate)
 
 
-def _torch_group(group: grouping.ParamGroup, named: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """A torch param group for ``group``, named and at its schedule's step-0 value."""
-    return {
-        "params": [named[n] for n in group.param_names],
-        "lr": schedules_lib.compute_lr(group.learning_rate, 0),
-        "name": group.name,
-    }
-
-
-def _can_fuse(params: Any) -> bool:
-    """Whether ``torch.optim.Adam(fused=True)`` accepts these parameters."""
-    tensors = list(params)
-    if not tensors or not all(type(p) in (torch.Tensor, torch.nn.Parameter) for p in tensors):
-        return False
-    devices = {p.device.type for p in tensors}
-    return len(devices) == 1 and devices <= set(_FUSED_ADAM_DEVICES) and all(p.is_floating_point() for p in tensors)
+def _torch_group(group: grouping.ParamGroup, named: Mapping[str, torch.Tensor], tensor_lr: bool) -> dict[str, Any]:
+    """A torch param group for ``group``, named and at its schedule's step-0 value (a float or a tensor)."""
+    params = [named[n] for n in group.param_names]
+    return {"params": params, "lr": initial_lr(group.learning_rate, params, tensor_lr), "name": group.name}
 
 
 def _fused_optimizer(model: torch.nn.Module) -> KeyedOptimizer | None:

@@ -6,21 +6,9 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-import torch
 import torch.distributed as dist
 from bridge_toys import RecapToyModel, shard_fused
 from torch import nn
-
-
-@pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    """One intra-op thread: the tensors are tiny and the CI machine's two cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -1,0 +1,271 @@
+"""One rank of the distributed torchrec run of ``test_distributed_torch.py`` (also its single-process reference).
+
+Each rank joins a gloo process group on 127.0.0.1 (through a ``TCPStore``
+that the parent opened), wraps the demo model in torchrec's
+``DistributedModelParallel`` (both tables sharded table-wise over the ranks,
+FUSED compute kernel, ``apply_optimizer_in_backward(SGD)``), builds
+``torch_bridge.build_recap_optimizer`` and trains on its half of each global
+batch with TML's loop ``zero_grad -> forward -> backward -> step ->
+scheduler.step``. It records, at every step, the loss, every dense group's
+learning rate, the fused optimizer's group learning rates, the learning rate
+the fused kernel held during backward, and a digest of the dense parameters;
+at the end, the dense parameters and the rows of the tables this rank owns.
+Everything goes to ``<out>/<run>_rank<r>.pt`` for the parent to compare.
+
+``run="full"`` trains steps 0..29 and saves a checkpoint (model, optimizer,
+scheduler; one file per rank) after step 14; ``run="resume"`` starts fresh
+processes, loads that checkpoint and trains steps 15..29.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from functional_opt import config
+from functional_opt.demo_model import Batch, ModelSpec, make_batches
+
+STEPS = 30
+CHECKPOINT_STEP = 15
+GLOBAL_BATCH = 8
+WORLD_SIZE = 2
+TIMEOUT = datetime.timedelta(seconds=90)
+
+SPEC = ModelSpec(tasks=("recap.engagement.is_favorited", "recap.engagement.is_replied"))
+RECAP_CONFIG = config.RecapOptimizerConfig.model_validate(
+    {
+        "adam": {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7},
+        "multi_task_learning_rates": {
+            "tower_learning_rates": {
+                SPEC.tasks[0]: {
+                    "linear_ramp_to_cosine": {
+                        "learning_rate": 0.02,
+                        "final_learning_rate": 0.002,
+                        "num_ramp_steps": 5,
+                        "final_num_steps": 25,
+                    }
+                },
+                SPEC.tasks[1]: {"linear_ramp_to_constant": {"learning_rate": 0.01, "num_ramp_steps": 12}},
+            },
+            "backbone_learning_rate": {
+                "piecewise_constant": {
+                    "learning_rate_boundaries": [10, 20],
+                    "learning_rate_values": [0.01, 0.005, 0.002],
+                }
+            },
+        },
+    }
+)
+EMB_CONFIG = config.EmbeddingOptimizerConfig(
+    learning_rate={"linear_ramp_to_constant": {"learning_rate": 0.3, "num_ramp_steps": 20}}, init_learning_rate=0.3
+)
+
+
+def batches() -> list[Batch]:
+    return make_batches(SPEC, STEPS, batch_size=GLOBAL_BATCH, seed=1)
+
+
+def rank_slice(batch: Batch, rank: int, world_size: int) -> Batch:
+    """Samples ``[rank * B / W, (rank + 1) * B / W)`` of a global batch, as a batch of its own."""
+    per_rank = batch.dense.shape[0] // world_size
+    lo, hi = rank * per_rank, (rank + 1) * per_rank
+    width = per_rank * SPEC.max_ids_per_sample
+    ids = np.zeros((len(SPEC.tables), width), dtype=batch.ids.dtype)
+    segment_ids = np.full((len(SPEC.tables), width), per_rank, dtype=batch.segment_ids.dtype)
+    for t in range(len(SPEC.tables)):
+        offsets = np.concatenate([[0], np.cumsum(batch.lengths[t])])
+        chunk = batch.ids[t, offsets[lo] : offsets[hi]]
+        ids[t, : len(chunk)] = chunk
+        segment_ids[t, : len(chunk)] = np.repeat(np.arange(per_rank), batch.lengths[t, lo:hi])
+    return Batch(
+        dense=batch.dense[lo:hi],
+        labels=batch.labels[lo:hi],
+        lengths=batch.lengths[:, lo:hi],
+        ids=ids,
+        segment_ids=segment_ids,
+    )
+
+
+def shard(model: torch.nn.Module) -> torch.nn.Module:
+    """``DistributedModelParallel`` over the process group: tables table-wise, FUSED kernel, fused SGD.
+
+    DMP creates the sharded tables afresh, so the model's initial rows are
+    copied into the shards this rank holds.
+    """
+    from torchrec.distributed import DistributedModelParallel
+    from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+    from torchrec.distributed.types import ShardingType
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+
+    initial = {n: p.detach().clone() for n, p in model.named_parameters() if ".embedding_bags." in n}
+    apply_optimizer_in_backward(torch.optim.SGD, model.ebc.parameters(), {"lr": EMB_CONFIG.init_learning_rate})
+    constraints = {
+        table: ParameterConstraints(
+            sharding_types=[ShardingType.TABLE_WISE.value],
+            compute_kernels=[EmbeddingComputeKernel.FUSED.value],
+        )
+        for table, _ in SPEC.tables
+    }
+    planner = EmbeddingShardingPlanner(
+        topology=Topology(world_size=dist.get_world_size(), compute_device="cpu"), constraints=constraints
+    )
+    sharders = [EmbeddingBagCollectionSharder()]
+    plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    sharded = DistributedModelParallel(model, device=torch.device("cpu"), plan=plan, sharders=sharders)
+    with torch.no_grad():
+        for name, rows in local_tables(sharded).items():
+            rows.copy_(initial[name])
+    return sharded
+
+
+def build() -> tuple[torch.nn.Module, Any, Any]:
+    """The sharded demo model, the bridge's recap optimizer and its scheduler (needs a process group)."""
+    from torch_bridge import build_recap_optimizer
+    from torch_bridge.demo_model import DemoRankingModel
+
+    model = shard(DemoRankingModel(SPEC, seed=0))
+    optimizer, scheduler = build_recap_optimizer(model, RECAP_CONFIG, EMB_CONFIG)
+    return model, optimizer, scheduler
+
+
+def local_tables(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``{table parameter name: local shard}`` for the tables this rank holds (views into the kernel's weights)."""
+    out = {}
+    for name, value in model.state_dict().items():
+        if hasattr(value, "local_shards"):
+            shards = value.local_shards()
+            if len(shards) > 1:
+                raise AssertionError(f"{name}: {len(shards)} local shards, table-wise sharding gives at most one")
+            if shards:
+                if list(shards[0].metadata.shard_offsets) != [0, 0]:
+                    raise AssertionError(f"{name}: shard at {shards[0].metadata.shard_offsets}, expected a whole table")
+                out[name.removeprefix("module.")] = shards[0].tensor
+    return out
+
+
+def dense_params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter outside the embedding tables."""
+    return {n.removeprefix("module."): p for n, p in model.named_parameters() if ".embedding_bags." not in n}
+
+
+def digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def kernel_learning_rates(model: torch.nn.Module) -> list[float]:
+    """The learning rate each fused TBE kernel holds now.
+
+    torchrec exposes only ``param_groups[0]["lr"]``, which the kernel copies in
+    ``zero_grad()``/``step()``; reading what backward really used needs the
+    kernel itself (``EmbeddingFusedOptimizer._emb_module``), so this is the one
+    place that touches a private torchrec attribute.
+    """
+    found: list[float] = []
+    pending = [model.fused_optimizer]
+    while pending:
+        optimizer = pending.pop(0)
+        if hasattr(optimizer, "optimizers"):  # a CombinedOptimizer: look inside, in order
+            pending[:0] = [child for _, child in optimizer.optimizers]
+        else:
+            found.append(float(optimizer._emb_module.get_learning_rate()))
+    return found
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> None:
+    weights = {name: p.detach().clone() for name, p in dense_params(model).items()}
+    weights.update({name: t.detach().clone() for name, t in local_tables(model).items()})
+    torch.save({"model": weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, path)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> None:
+    checkpoint = torch.load(path, weights_only=False)
+    targets = {**dense_params(model), **local_tables(model)}
+    if set(targets) != set(checkpoint["model"]):
+        raise AssertionError(f"checkpoint holds {sorted(checkpoint['model'])}, the model {sorted(targets)}")
+    with torch.no_grad():
+        for name, value in checkpoint["model"].items():
+            targets[name].copy_(value)
+    # torchrec's KeyedOptimizer loads state into existing tensors only: create Adam's state first.
+    optimizer.init_state()
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+
+
+def train(
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    data: list[Batch],
+    start: int,
+    stop: int,
+    checkpoint: Path | None = None,
+) -> dict[str, Any]:
+    from torch_bridge.demo_model import loss_fn, to_torch
+
+    record: dict[str, Any] = {"losses": [], "dense_lrs": [], "fused_lrs": [], "kernel_lrs": [], "digests": []}
+    for k in range(start, stop):
+        dense, features, labels = to_torch(data[k], SPEC)
+        optimizer.zero_grad()
+        loss = loss_fn(model(dense, features), labels)
+        loss.backward()
+        record["kernel_lrs"].append(kernel_learning_rates(model))
+        record["dense_lrs"].append({g["name"]: g["lr"] for g in optimizer.param_groups if "name" in g})
+        record["fused_lrs"].append([g["lr"] for g in model.fused_optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+        record["losses"].append(loss.item())
+        record["digests"].append(digest(dense_params(model)))
+        if checkpoint is not None and k + 1 == CHECKPOINT_STEP:
+            save_checkpoint(checkpoint, model, optimizer, scheduler)
+    record["dense"] = {n: p.detach().clone() for n, p in dense_params(model).items()}
+    record["tables"] = {n: t.detach().clone() for n, t in local_tables(model).items()}
+    return record
+
+
+def run_rank(rank: int, world_size: int, port: int, out: str, run: str) -> None:
+    """Entry point of one spawned rank (``torch.multiprocessing.start_processes``)."""
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    torch.manual_seed(1234 + rank)
+    store = dist.TCPStore("127.0.0.1", port, world_size=None, is_master=False, timeout=TIMEOUT)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=TIMEOUT)
+    try:
+        out_dir = Path(out)
+        model, optimizer, scheduler = build()
+        checkpoint = out_dir / f"checkpoint_rank{rank}.pt"
+        data = [rank_slice(b, rank, world_size) for b in batches()]
+        if run == "full":
+            record = train(model, optimizer, scheduler, data, 0, STEPS, checkpoint=checkpoint)
+        elif run == "resume":
+            load_checkpoint(checkpoint, model, optimizer, scheduler)
+            record = train(model, optimizer, scheduler, data, CHECKPOINT_STEP, STEPS)
+        else:
+            raise ValueError(f"run={run!r} must be 'full' or 'resume'")
+        record["rank"] = rank
+        ddp = torch.nn.parallel.DistributedDataParallel
+        record["dense_in_ddp"] = any(isinstance(m, ddp) for m in model.modules())
+        torch.save(record, out_dir / f"{run}_rank{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def run_single_process() -> dict[str, Any]:
+    """The same model, data and optimizer in this process, world size 1 (the whole global batch per step)."""
+    from torch_bridge.demo_model import single_process_group
+
+    with single_process_group():
+        model, optimizer, scheduler = build()
+        return train(model, optimizer, scheduler, batches(), 0, STEPS)
