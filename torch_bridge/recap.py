@@ -23,7 +23,9 @@ that the scheduler updates in place, so a ``torch.compile``'d ``optimizer.step``
 sees a new value every step without recompiling (see
 :func:`torch_bridge.optimizers.build_optimizer` for why the Adam stays fused).
 
-Its ``state_dict`` is torchrec's keyed one: parameter names as keys. Every
+Its ``state_dict`` is torchrec's keyed one: parameter names as keys (plus the
+param groups' names, see :class:`torch_bridge.keyed.RecapOptimizer`, which
+refuses a state of another config whole, before copying anything). Every
 param group carries its group name under ``"name"`` and starts at its
 schedule's value at step 0 (TML's placeholder 24601.0 never exists). The
 :class:`~torch_bridge.schedulers.RecapLRShim` drives the dense groups from their
@@ -95,8 +97,10 @@ def build_recap_optimizer(
             or in-backward parameters that no fused optimizer exposes.
         TypeError: a config of the wrong type.
     """
-    from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+    from torchrec.optim.keyed import KeyedOptimizerWrapper
     from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+    from torch_bridge.keyed import RecapOptimizer
 
     if not isinstance(recap_config, config_lib.RecapOptimizerConfig):
         raise TypeError(f"build_recap_optimizer: expected a RecapOptimizerConfig, got {type(recap_config).__name__}")
@@ -146,7 +150,7 @@ def build_recap_optimizer(
     if not optimizers:
         raise ValueError(f"build_recap_optimizer: {type(model).__name__} has no parameters to optimize")
 
-    optimizer = CombinedOptimizer(optimizers)
+    optimizer = RecapOptimizer(optimizers)
     lr_dict = {g.name: g.learning_rate for g in groups}
     return optimizer, RecapLRShim(optimizer, lr_dict, emb_learning_rate)
 
