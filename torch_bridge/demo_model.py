@@ -297,8 +297,15 @@ def shard_with_fused_embeddings(model: DemoRankingModel, learning_rate: float) -
     with torch.no_grad():
         for name, tensor in sharded.state_dict().items():
             name = name.removeprefix("module.")
-            if name in tables:
-                (tensor.local_shards()[0].tensor if hasattr(tensor, "local_shards") else tensor).copy_(
-                    torch.as_tensor(tables[name])
-                )
+            if name not in tables:
+                continue
+            full = torch.as_tensor(tables[name])
+            if not hasattr(tensor, "local_shards"):
+                tensor.copy_(full)
+                continue
+            # Each rank holds the shards the plan gave it (none, for a table on another rank).
+            for shard in tensor.local_shards():
+                rows, cols = shard.metadata.shard_offsets
+                height, width = shard.metadata.shard_sizes
+                shard.tensor.copy_(full[rows : rows + height, cols : cols + width])
     return sharded
