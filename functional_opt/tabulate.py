@@ -67,7 +67,8 @@ class ScheduleTable:
     def _fill(self, start: int) -> None:
         with jax.enable_x64(True):
             if self._batched is not None:
-                steps = jnp.arange(start, start + self.block_size, dtype=jnp.int64)
+                # A numpy range: jnp.arange would compile anew for every start.
+                steps = np.arange(start, start + self.block_size, dtype=np.int64)
                 try:
                     values = np.asarray(self._batched(steps), dtype=np.float64)
                 except (jax.errors.JAXTypeError, TypeError, ValueError):
