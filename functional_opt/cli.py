@@ -23,14 +23,17 @@ Bad input (a missing file, invalid YAML, an unknown key, an invalid value, a bad
 option) prints one line ``functional-opt: error: ...`` on stderr, writes nothing
 and exits with code 2.
 
-This module never imports torch: ``check`` and ``demo`` import
-``torch_bridge.cli_commands`` when they run.
+This package never imports torch. ``check`` and ``demo`` need PyTorch: their
+implementations are plugins registered by the torch side under the entry-point
+group ``functional_opt.commands`` (see ``pyproject.toml``) and are loaded only
+when one of them runs, so ``plot`` and ``table`` work without torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import importlib.metadata
 import importlib.resources
 import io
 import json
@@ -359,21 +362,36 @@ def _cmd_table(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- check / demo
 
 
-def _torch_commands() -> Any:
+COMMAND_GROUP = "functional_opt.commands"
+"""Entry-point group of the subcommands whose implementation needs PyTorch (``check``, ``demo``)."""
+
+
+def _plugin_command(name: str) -> Any:
+    """The implementation of subcommand ``name`` registered under :data:`COMMAND_GROUP`.
+
+    Raises:
+        CliError: nothing is registered under ``name``, or loading it needs
+            PyTorch / torchrec and they are not installed.
+    """
+    found = [ep for ep in importlib.metadata.entry_points(group=COMMAND_GROUP) if ep.name == name]
+    if not found:
+        raise CliError(
+            f"'{name}' needs the PyTorch side of functional-opt, which registers no '{name}' command here; "
+            "install it with pip install 'functional-opt[torch]'"
+        )
     try:
-        from torch_bridge import cli_commands
+        return found[0].load()
     except ImportError as exc:
         if (exc.name or "").split(".")[0] not in ("torch", "torchrec", "fbgemm_gpu"):
             raise
         raise CliError(
             f"this command needs PyTorch and torchrec ({exc}); install them with pip install 'functional-opt[torch]'"
         ) from exc
-    return cli_commands
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     loaded = load_config_file(args.config)
-    return _torch_commands().run_check(loaded, steps=args.steps, dtype=args.dtype, seed=args.seed)
+    return _plugin_command("check")(loaded, steps=args.steps, dtype=args.dtype, seed=args.seed)
 
 
 def demo_needs_recap_message(loaded: LoadedConfig) -> str:
@@ -390,7 +408,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if loaded.kind != "recap":
         raise CliError(demo_needs_recap_message(loaded))
     output = check_output(args.output)
-    return _torch_commands().run_demo(
+    return _plugin_command("demo")(
         loaded,
         steps=args.steps,
         output=output,

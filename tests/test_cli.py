@@ -289,11 +289,22 @@ def test_plot_and_table_run_without_torch(tmp_path: Path) -> None:
 
 def test_console_script(tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "functional-opt"
-    if not script.exists():
-        pytest.skip("the functional-opt console script is not installed in this environment")
+    assert script.exists(), f"{script} missing: the package's console script is not installed (make setup)"
     result = subprocess.run([str(script), "table", str(EXAMPLE), "--steps", "0"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "recap.engagement.is_favorited" in result.stdout
+
+
+def test_torch_commands_are_registered_plugins() -> None:
+    """check and demo come from the torch side through entry points; functional_opt names no torch module."""
+    import importlib.metadata
+
+    from functional_opt import cli
+    from torch_bridge import cli_commands
+
+    registered = {ep.name: ep for ep in importlib.metadata.entry_points(group=cli.COMMAND_GROUP)}
+    assert registered["check"].load() is cli_commands.run_check
+    assert registered["demo"].load() is cli_commands.run_demo
 
 
 # ----------------------------------------------------------------------------- plot
