@@ -26,7 +26,6 @@ to replay it with ``--hypothesis-seed``).
 
 from __future__ import annotations
 
-import bisect
 import math
 import os
 import tempfile
@@ -41,6 +40,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from lr_reference import peak, reference_lr
 
 from functional_opt import config, grouping, schedules
 
@@ -295,36 +295,6 @@ STRATEGIES: dict[type[pydantic.BaseModel], st.SearchStrategy[dict[str, Any]]] = 
 # ---------------------------------------------------------------------------
 
 
-def reference_lr(lr: config.LearningRate, step: int) -> float:
-    """DESIGN.md's formulas in plain Python float64, independent of functional_opt.schedules."""
-    if lr.constant is not None:
-        return lr.constant
-    if lr.piecewise_constant is not None:
-        cfg = lr.piecewise_constant
-        return cfg.learning_rate_values[bisect.bisect_right(cfg.learning_rate_boundaries, step)]
-    if lr.linear_ramp_to_constant is not None:
-        cfg = lr.linear_ramp_to_constant
-        return min(cfg.learning_rate, cfg.learning_rate / float(cfg.num_ramp_steps) * step)
-    cfg = lr.linear_ramp_to_cosine
-    ramp, final = float(cfg.num_ramp_steps), float(cfg.final_num_steps)
-    if step < ramp:
-        return cfg.learning_rate / ramp * step
-    if step <= final:
-        half = (cfg.learning_rate - cfg.final_learning_rate) * 0.5
-        return cfg.final_learning_rate + half * (1.0 + math.cos(math.pi * (step - ramp) / (final - ramp)))
-    return cfg.final_learning_rate
-
-
-def max_lr(lr: config.LearningRate) -> float:
-    if lr.constant is not None:
-        return lr.constant
-    if lr.piecewise_constant is not None:
-        return max(lr.piecewise_constant.learning_rate_values)
-    if lr.linear_ramp_to_constant is not None:
-        return lr.linear_ramp_to_constant.learning_rate
-    return max(lr.linear_ramp_to_cosine.learning_rate, lr.linear_ramp_to_cosine.final_learning_rate)
-
-
 def schedules_of(cfg: pydantic.BaseModel) -> dict[str, config.LearningRate]:
     """Every schedule a loaded config holds, by a readable name."""
     if isinstance(cfg, config.LearningRate):
@@ -345,7 +315,7 @@ def schedules_of(cfg: pydantic.BaseModel) -> dict[str, config.LearningRate]:
 
 def check_schedule(name: str, lr: config.LearningRate, steps: list[int]) -> None:
     """Finite, within [0, max lr], in float32 and float64; float64 equals the reference."""
-    top = max_lr(lr)
+    top = peak(lr)
     for x64 in (False, True):
         with jax.enable_x64(x64):
             schedule = schedules.schedule_from_config(lr)

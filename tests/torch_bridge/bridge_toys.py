@@ -74,6 +74,19 @@ def emb_config() -> config.EmbeddingOptimizerConfig:
     return config.EmbeddingOptimizerConfig(learning_rate=emb_learning_rate())
 
 
+def dense_group_learning_rates() -> dict[str, config.LearningRate]:
+    """The schedule of every dense group that ``build_recap_optimizer`` makes from the toy configs, in order."""
+    rates = dict(tower_learning_rates())
+    rates["backbone"] = config.LearningRate(constant=0.003)
+    rates["dense_ebc"] = emb_learning_rate()
+    return rates
+
+
+def close(a: float, b: float) -> bool:
+    """The contract: ``|a - b| <= 1e-12 * max(1, |b|)``."""
+    return abs(a - b) <= 1e-12 * max(1.0, abs(b))
+
+
 class Tower(nn.Module):
     def __init__(self, width: int) -> None:
         super().__init__()

@@ -14,17 +14,6 @@ from torch_bridge import RecapLRShim, build_recap_optimizer
 STEPS = 50
 
 
-def group_configs() -> dict[str, config.LearningRate]:
-    rates = dict(toys.tower_learning_rates())
-    rates["backbone"] = config.LearningRate(constant=0.003)
-    rates["dense_ebc"] = toys.emb_learning_rate()
-    return rates
-
-
-def close(a: float, b: float) -> bool:
-    return abs(a - b) <= 1e-12 * max(1.0, abs(b))
-
-
 def test_structure_one_keyed_fused_adam_then_sgd(model: toys.RecapToyModel) -> None:
     opt, sched = build_recap_optimizer(model, toys.recap_config(), toys.emb_config())
     assert isinstance(opt, CombinedOptimizer) and isinstance(sched, RecapLRShim)
@@ -49,7 +38,7 @@ def test_structure_one_keyed_fused_adam_then_sgd(model: toys.RecapToyModel) -> N
 def test_no_group_ever_holds_a_placeholder_lr(model: toys.RecapToyModel) -> None:
     opt, sched = build_recap_optimizer(model, toys.recap_config(), toys.emb_config())
     # initial_lr is what each group held when the scheduler attached: the builder's value.
-    expected = [compute_lr(c, 0) for c in group_configs().values()]
+    expected = [compute_lr(c, 0) for c in toys.dense_group_learning_rates().values()]
     assert [g["initial_lr"] for g in opt.param_groups] == expected
     assert sched.base_lrs == expected
     assert [g["lr"] for g in opt.param_groups] == expected
@@ -57,12 +46,12 @@ def test_no_group_ever_holds_a_placeholder_lr(model: toys.RecapToyModel) -> None
 
 def test_every_group_follows_its_schedule_for_50_steps(model: toys.RecapToyModel) -> None:
     opt, sched = build_recap_optimizer(model, toys.recap_config(), toys.emb_config())
-    configs = list(group_configs().values())
+    configs = list(toys.dense_group_learning_rates().values())
     expected = {c.model_dump_json(): [compute_lr(c, k) for k in range(STEPS)] for c in configs}
 
     def check(k: int, _: toys.Batch) -> None:
         for group, cfg in zip(opt.param_groups, configs, strict=True):
-            assert close(group["lr"], expected[cfg.model_dump_json()][k]), (group["name"], k)
+            assert toys.close(group["lr"], expected[cfg.model_dump_json()][k]), (group["name"], k)
 
     toys.train(model, opt, sched, toys.make_batches(STEPS), before_step=check)
     assert sched.last_epoch == STEPS
@@ -76,7 +65,7 @@ def test_updates_equal_per_group_torch_optimizers(model: toys.RecapToyModel) -> 
 
     reference = toys.RecapToyModel()
     params = dict(reference.named_parameters())
-    configs = group_configs()
+    configs = toys.dense_group_learning_rates()
     groups = grouping.recap_groups(list(params), toys.recap_config(), toys.emb_config())
     per_group = []
     for g in groups:
@@ -186,7 +175,7 @@ def test_extra_learning_rates_are_listed() -> None:
 
 def test_recap_shim_count_mismatch_lists_names(model: toys.RecapToyModel) -> None:
     opt, _ = build_recap_optimizer(model, toys.recap_config(), toys.emb_config())
-    rates = group_configs()
+    rates = toys.dense_group_learning_rates()
     del rates["backbone"]
     with pytest.raises(ValueError) as info:
         RecapLRShim(opt, rates)

@@ -21,17 +21,6 @@ STEPS = 50
 FUSED_TABLES = [f"ebc.embedding_bags.{t}.weight" for t, _, _ in toys.TABLES]
 
 
-def dense_configs() -> dict[str, config.LearningRate]:
-    rates = dict(toys.tower_learning_rates())
-    rates["backbone"] = config.LearningRate(constant=0.003)
-    rates["dense_ebc"] = toys.emb_learning_rate()
-    return rates
-
-
-def close(a: float, b: float) -> bool:
-    return abs(a - b) <= 1e-12 * max(1.0, abs(b))
-
-
 def tables(model: nn.Module) -> dict[str, torch.Tensor]:
     state = toys.dense_state(model)
     return {name: state[name] for name in FUSED_TABLES}
@@ -44,11 +33,11 @@ def test_structure_fused_optimizer_last_and_excluded_from_dense_groups(fused_mod
     assert parts[2] is fused_model.fused_optimizer
     fused_groups = parts[2].param_groups
     assert len(fused_groups) >= 1
-    assert [g.get("name") for g in opt.param_groups[: -len(fused_groups)]] == list(dense_configs())
+    assert [g.get("name") for g in opt.param_groups[: -len(fused_groups)]] == list(toys.dense_group_learning_rates())
     dense_names = set(parts[0].params) | set(parts[1].params)
     assert not dense_names & set(FUSED_TABLES)
     assert set(opt.params) == dense_names | set(FUSED_TABLES)
-    assert sched.group_names == list(dense_configs())
+    assert sched.group_names == list(toys.dense_group_learning_rates())
     assert sched.emb_learning_rate == toys.emb_learning_rate()
     emb0 = compute_lr(toys.emb_learning_rate(), 0)
     assert [g["lr"] for g in fused_groups] == [emb0] * len(fused_groups)
@@ -62,7 +51,7 @@ def test_50_steps_every_lr_follows_its_schedule_and_fused_rows_move_by_lr_times_
     opt, sched = build_recap_optimizer(fused_model, toys.recap_config(), toys.emb_config())
     fused = [o for _, o in opt.optimizers][2]
     emb_cfg = toys.emb_learning_rate()
-    dense = list(dense_configs().values())
+    dense = list(toys.dense_group_learning_rates().values())
     dense_expected = [[compute_lr(c, k) for k in range(STEPS)] for c in dense]
     emb_expected = [compute_lr(emb_cfg, k) for k in range(STEPS)]
     assert len(set(emb_expected)) == STEPS  # every step's rate differs from its neighbours'
@@ -72,12 +61,12 @@ def test_50_steps_every_lr_follows_its_schedule_and_fused_rows_move_by_lr_times_
     def before_forward(k: int, _: toys.Batch) -> None:
         # zero_grad has run: it handed the fused kernel the rate of this step.
         for group in fused.param_groups:
-            assert close(group["lr"], emb_expected[k])
+            assert toys.close(group["lr"], emb_expected[k])
         before.update(tables(fused_model))
 
     def before_step(k: int, batch: toys.Batch) -> None:
         for group, values in zip(opt.param_groups, dense_expected, strict=False):
-            assert close(group["lr"], values[k]), (group["name"], k)
+            assert toys.close(group["lr"], values[k]), (group["name"], k)
         after = tables(fused_model)
         lr32 = torch.tensor(emb_expected[k], dtype=torch.float32)
         grad = inner.pooled.grad
@@ -144,7 +133,7 @@ def test_fused_optimizer_without_embedding_learning_rate(fused_model: nn.Module)
         build_recap_optimizer(fused_model, toys.recap_config(), config.EmbeddingOptimizerConfig())
     opt, _ = build_recap_optimizer(fused_model, toys.recap_config(), toys.emb_config())
     with pytest.raises(ValueError, match="fused embedding optimizer groups .* but emb_learning_rate is None"):
-        RecapLRShim(opt, dense_configs(), None)
+        RecapLRShim(opt, toys.dense_group_learning_rates(), None)
 
 
 def test_fused_optimizer_without_any_embedding_config(fused_model: nn.Module) -> None:

@@ -6,6 +6,7 @@ import json
 import math
 import warnings
 
+import bridge_toys as toys
 import jax
 import jax.numpy as jnp
 import optax
@@ -37,11 +38,6 @@ KINDS = {
         }
     ),
 }
-
-
-def close(a: float, b: float) -> bool:
-    """The contract: ``|a - b| <= 1e-12 * max(1, |b|)``."""
-    return abs(a - b) <= 1e-12 * max(1.0, abs(b))
 
 
 def params(n: int = 1) -> list[torch.nn.Parameter]:
@@ -78,7 +74,7 @@ def test_each_learning_rate_kind_matches_compute_lr(kind: str) -> None:
     opt = sgd_with_groups(1)
     sched = LRShim(opt, {kind: cfg})
     for k, (lr,) in enumerate(run_lrs(opt, sched)):
-        assert close(lr, compute_lr(cfg, k)), (kind, k, lr, compute_lr(cfg, k))
+        assert toys.close(lr, compute_lr(cfg, k)), (kind, k, lr, compute_lr(cfg, k))
 
 
 def test_many_groups_each_follow_their_own_schedule() -> None:
@@ -86,7 +82,7 @@ def test_many_groups_each_follow_their_own_schedule() -> None:
     sched = LRShim(opt, KINDS)
     for k, lrs in enumerate(run_lrs(opt, sched)):
         for lr, cfg in zip(lrs, KINDS.values(), strict=True):
-            assert close(lr, compute_lr(cfg, k))
+            assert toys.close(lr, compute_lr(cfg, k))
     assert sched.last_epoch == STEPS
 
 
@@ -99,7 +95,7 @@ def test_optax_schedule_drives_torch() -> None:
     with jax.enable_x64(True):
         expected = [float(schedule(jnp.asarray(k, jnp.int64))) for k in range(STEPS)]
     for k, (lr,) in enumerate(run_lrs(opt, sched)):
-        assert close(lr, expected[k]), (k, lr, expected[k])
+        assert toys.close(lr, expected[k]), (k, lr, expected[k])
     assert sched.state_dict()["lr_dict"]["all"] == {"callable": f"{schedule.__module__}.{schedule.__qualname__}"}
 
 
@@ -188,7 +184,7 @@ def test_step_with_epoch_jumps_in_closed_form() -> None:
     with pytest.warns(UserWarning, match="deprecated"):
         sched.step(31)
     assert sched.last_epoch == 31
-    assert close(opt.param_groups[0]["lr"], compute_lr(cfg, 31))
+    assert toys.close(opt.param_groups[0]["lr"], compute_lr(cfg, 31))
     with pytest.raises(ValueError, match="epoch=-2 must be an integer >= 0"), pytest.warns(UserWarning):
         sched.step(-2)
 
@@ -201,7 +197,7 @@ def test_huge_steps_match_compute_lr() -> None:
         state["last_epoch"] = step
         sched.load_state_dict(state)
         for group, cfg in zip(opt.param_groups, KINDS.values(), strict=True):
-            assert close(group["lr"], compute_lr(cfg, step))
+            assert toys.close(group["lr"], compute_lr(cfg, step))
 
 
 def test_added_param_group_is_an_error_not_a_silent_gap() -> None:
@@ -270,7 +266,7 @@ def test_tensor_learning_rates_are_updated_in_place() -> None:
     sched = LRShim(opt, {"t": cfg, "f": cfg})
     for k in range(20):
         assert opt.param_groups[0]["lr"] is lr_tensor
-        assert close(lr_tensor.item(), compute_lr(cfg, k))
+        assert toys.close(lr_tensor.item(), compute_lr(cfg, k))
         assert opt.param_groups[1]["lr"] == lr_tensor.item()
         opt.step()
         sched.step()
@@ -357,8 +353,8 @@ def test_schedulers_with_the_same_configs_stay_independent() -> None:
         sched_a.step()
         opt_b.step()
         sched_b.step()
-        assert close(opt_a.param_groups[0]["lr"], compute_lr(cfg, k))
-        assert close(opt_b.param_groups[0]["lr"], compute_lr(cfg, 5000 + k))
+        assert toys.close(opt_a.param_groups[0]["lr"], compute_lr(cfg, k))
+        assert toys.close(opt_b.param_groups[0]["lr"], compute_lr(cfg, 5000 + k))
 
 
 def test_tensor_learning_rates_set_after_construction_are_picked_up_by_a_reload() -> None:
@@ -370,6 +366,6 @@ def test_tensor_learning_rates_set_after_construction_are_picked_up_by_a_reload(
     sched.load_state_dict(sched.state_dict())
     for k in range(5):
         assert opt.param_groups[0]["lr"] is lr_tensor
-        assert close(lr_tensor.item(), compute_lr(cfg, k))
+        assert toys.close(lr_tensor.item(), compute_lr(cfg, k))
         opt.step()
         sched.step()
