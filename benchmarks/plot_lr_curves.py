@@ -22,7 +22,7 @@ if __package__ in (None, ""):
 
 from functional_opt import config
 from functional_opt.config_file import load_config_file
-from functional_opt.plotting import breakpoints, lr_curves
+from functional_opt.plotting import lr_curves
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -47,9 +47,9 @@ def plot(path: str | Path, examples: Path = EXAMPLES) -> tuple[Path, list[Path]]
     fig, axes = plt.subplots(len(files), 2, figsize=(12, 3.8 * len(files)), squeeze=False, constrained_layout=True)
     for row, file in zip(axes, files, strict=True):
         rates = learning_rates(file)
-        marks = [b for lr in rates.values() for b in breakpoints(lr)]
+        marks = [b for lr in rates.values() for b in lr.breakpoints]
         full = int(max(marks, default=1000) * 1.15)
-        ramps = [b for lr in rates.values() for b in breakpoints(lr)[:1]]
+        ramps = [b for lr in rates.values() for b in lr.breakpoints[:1]]
         zoom = int(max(ramps, default=full) * 1.5)
         for ax, end, title in ((row[0], full, "whole run"), (row[1], min(zoom, full), "first steps")):
             steps, values = lr_curves(rates, end, max_points=POINTS)

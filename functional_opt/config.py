@@ -244,6 +244,23 @@ class LearningRate(BaseConfig):
         """The name of the schedule that is set, e.g. ``"linear_ramp_to_cosine"``."""
         return next(f for f in SCHEDULE_FIELDS if getattr(self, f) is not None)
 
+    @property
+    def breakpoints(self) -> list[int]:
+        """The steps where the schedule changes shape: ramp end, decay end, piecewise boundaries.
+
+        Example:
+            >>> LearningRate(linear_ramp_to_cosine=dict(
+            ...     learning_rate=1, final_learning_rate=0, num_ramp_steps=10, final_num_steps=50)).breakpoints
+            [10, 50]
+        """
+        if self.linear_ramp_to_cosine is not None:
+            return [self.linear_ramp_to_cosine.num_ramp_steps, self.linear_ramp_to_cosine.final_num_steps]
+        if self.linear_ramp_to_constant is not None:
+            return [self.linear_ramp_to_constant.num_ramp_steps]
+        if self.piecewise_constant is not None:
+            return list(self.piecewise_constant.learning_rate_boundaries or [])
+        return []
+
 
 class OptimizerAlgorithmConfig(BaseConfig):
     """Base of the per-algorithm configs: ``lr`` is the optimizer's initial learning rate."""

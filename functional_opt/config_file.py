@@ -153,13 +153,7 @@ def schedule_horizon(lr: config_lib.LearningRate) -> int:
         >>> schedule_horizon(config_lib.LearningRate(linear_ramp_to_constant=dict(learning_rate=1, num_ramp_steps=7)))
         7
     """
-    if lr.linear_ramp_to_cosine is not None:
-        return lr.linear_ramp_to_cosine.final_num_steps
-    if lr.linear_ramp_to_constant is not None:
-        return lr.linear_ramp_to_constant.num_ramp_steps
-    if lr.piecewise_constant is not None:
-        return max(lr.piecewise_constant.learning_rate_boundaries or [0])
-    return 0
+    return max(lr.breakpoints, default=0)
 
 
 def load_config_file(path: str | os.PathLike[str]) -> LoadedConfig:

@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FIGURE_FORMATS",
-    "breakpoints",
     "draw_learning_rates",
     "lr_curves",
     "new_figure",
@@ -42,23 +41,6 @@ __all__ = [
 
 FIGURE_FORMATS = ("png", "svg", "pdf")
 """File formats :func:`save_figure` writes, chosen by the file's suffix."""
-
-
-def breakpoints(lr: config_lib.LearningRate) -> list[int]:
-    """The steps where ``lr`` changes shape: ramp end, decay end, piecewise boundaries.
-
-    Example:
-        >>> breakpoints(config_lib.LearningRate(linear_ramp_to_cosine=dict(
-        ...     learning_rate=1, final_learning_rate=0, num_ramp_steps=10, final_num_steps=50)))
-        [10, 50]
-    """
-    if lr.linear_ramp_to_cosine is not None:
-        return [lr.linear_ramp_to_cosine.num_ramp_steps, lr.linear_ramp_to_cosine.final_num_steps]
-    if lr.linear_ramp_to_constant is not None:
-        return [lr.linear_ramp_to_constant.num_ramp_steps]
-    if lr.piecewise_constant is not None:
-        return list(lr.piecewise_constant.learning_rate_boundaries or [])
-    return []
 
 
 def lr_curves(
@@ -79,7 +61,7 @@ def lr_curves(
     """
     grid = np.unique(np.linspace(0, num_steps, min(num_steps + 1, max_points)).round().astype(np.int64))
     extra = [
-        s + d for lr in learning_rates.values() for s in breakpoints(lr) for d in (-1, 0) if 0 <= s + d <= num_steps
+        s + d for lr in learning_rates.values() for s in lr.breakpoints for d in (-1, 0) if 0 <= s + d <= num_steps
     ]
     steps = np.unique(np.concatenate([grid, np.asarray(extra, dtype=np.int64)]))
     curves: dict[str, np.ndarray] = {}
