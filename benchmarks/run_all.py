@@ -181,7 +181,7 @@ def compile_section(results: dict[str, Any]) -> tuple[str, list[list[str]]]:
 step, for a warm-up and {results["steps"]} more steps under a schedule that changes every step (torch
 {results["torch"]}). Counted with torch's own counters: `torch._dynamo.utils.counters["frames"]["total"]` (frames
 dynamo compiled, recompilations included) and `counters["stats"]["unique_graphs"]`. The test
-`tests/torch_bridge/test_bridge_compile.py` checks the same with `torch._dynamo.config.error_on_recompile` and
+`tests/bridge/test_bridge_compile.py` checks the same with `torch._dynamo.config.error_on_recompile` and
 compares the parameters with the float path's. Recompilation is decided by dynamo's guards, whatever backend
 compiles the graphs; the `eager` backend keeps this short.
 
