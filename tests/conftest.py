@@ -7,6 +7,10 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+# Doctests run over the packages and the test helpers; the conftest files are not test modules
+# (collecting two files named conftest.py as modules would clash).
+collect_ignore = ["conftest.py", "bridge/conftest.py"]
+
 
 @pytest.fixture
 def x64() -> Iterator[None]:
