@@ -5,7 +5,7 @@ The same schedules drive optax (``functional_opt.optimizers``) and PyTorch
 (``functional_opt.config``).
 """
 
-from functional_opt import config, demo_model, grouping, optimizers, schedules, tabulate
+from functional_opt import config, demo_model, grouping, opt_state, optimizers, recap, schedules, tabulate, torch_rules
 from functional_opt.config import (
     AdagradConfig,
     AdamConfig,
@@ -55,9 +55,12 @@ __all__ = [
     "linear_ramp_to_constant",
     "linear_ramp_to_cosine",
     "load_config_from_yaml",
+    "opt_state",
     "optimizers",
     "piecewise_constant",
+    "recap",
     "schedule_from_config",
     "schedules",
     "tabulate",
+    "torch_rules",
 ]
