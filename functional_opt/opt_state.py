@@ -203,7 +203,9 @@ def _differs(saved: np.ndarray, configured: np.ndarray) -> bool:
 
 
 def _show(value: np.ndarray) -> str:
-    return repr(value.tolist())
+    """Each value in the shortest form that its own dtype reads back (float32's ``0.9``, not ``0.8999999761``)."""
+    shown = [str(x) for x in value.reshape(-1)]
+    return shown[0] if value.ndim == 0 else "[" + ", ".join(shown) + "]"
 
 
 def check_state(opt_state: optax.OptState, fresh_state: optax.OptState) -> None:
