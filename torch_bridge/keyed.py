@@ -1,50 +1,92 @@
 """The torchrec ``CombinedOptimizer`` returned by :func:`torch_bridge.build_recap_optimizer`.
 
-It is torchrec's own class with one change: a state that belongs to another
-optimizer (other towers, another group count, other shapes) is refused whole,
-with a message naming each difference, before a single value is copied.
-torchrec's ``KeyedOptimizer.load_state_dict`` copies parameter by parameter
-and stops at the first one it lacks, after overwriting those before it, and
-(saving no param groups by default) loads a state of another grouping silently.
+It is torchrec's own class with these changes:
+
+* ``step(closure)`` evaluates the closure once and returns its loss (torchrec
+  hands the closure to every child optimizer, so a training step ran once per
+  child);
+* ``state_dict()`` also records each param group (name, parameter keys and
+  hyper-parameters), so a state of another grouping or other hyper-parameters
+  is told apart, and DCP's ``get_state_dict`` finds the ``param_groups`` entry it needs;
+* ``load_state_dict`` takes torchrec's keyed states and DCP's positional ones,
+  refuses a state that belongs to another optimizer (other towers, another group
+  count, other shapes or dtypes, other hyper-parameters) whole, with a message
+  naming each difference, before a single value is copied, and loads into a
+  freshly built optimizer (the builder creates the Adam state when it builds:
+  see :func:`torch_bridge.workarounds.initialise_adam_state`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torchrec.optim.keyed import CombinedOptimizer
 
 from torch_bridge.state_checks import GROUPS_KEY, group_records, keyed_state_problems
+from torch_bridge.workarounds import evaluate_closure_once, keyed_from_positions
 
 __all__ = ["RecapOptimizer"]
 
 
 class RecapOptimizer(CombinedOptimizer):
-    """torchrec's ``CombinedOptimizer`` whose ``load_state_dict`` refuses a foreign state whole.
+    """torchrec's ``CombinedOptimizer`` with one closure call per step and a load that refuses a foreign state.
 
-    ``state_dict()`` is torchrec's keyed one (parameter names as keys) plus an
-    entry ``"functional_opt_param_groups"``: ``[{"name": ..., "params": [keys]}, ...]``.
+    ``state_dict()`` is torchrec's keyed one (parameter names as keys) plus
+    ``"param_groups"`` (each group with its parameter keys, sorted, and its
+    hyper-parameters, as torchrec's ``save_param_groups(True)`` writes them) and
+    ``"functional_opt_param_groups"``: ``[{"name": ..., "params": [keys]}, ...]``.
     """
 
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Evaluates ``closure`` once (when given), then steps every child optimizer.
+
+        Returns:
+            The closure's loss, or None without a closure.
+        """
+        loss, closure = evaluate_closure_once(closure)
+        super().step(closure=closure)
+        return loss
+
     def state_dict(self) -> dict[str, Any]:
-        """torchrec's keyed state plus the param groups' names and parameter keys."""
+        """torchrec's keyed state plus the param groups (names, parameter keys and hyper-parameters)."""
         state = super().state_dict()
+        keys = {id(p): k for k, p in self.params.items()}
+        state["param_groups"] = [
+            {
+                **{k: copy.deepcopy(v) for k, v in group.items() if k != "params"},
+                "params": sorted(keys[id(p)] for p in group["params"]),
+            }
+            for group in self.param_groups
+        ]
         state[GROUPS_KEY] = group_records(self)
         return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Loads a state made by an optimizer with the same groups and parameters.
+        """Loads a state made by an optimizer with the same groups, parameters and hyper-parameters.
+
+        The state may be keyed by parameter name (torchrec's format, this class's
+        ``state_dict()``) or by position in ``param_groups`` (what DCP's
+        ``set_state_dict`` hands over after its ``get_state_dict``). The live
+        param groups are kept: their learning rates come from the scheduler.
 
         Raises:
             ValueError: the state is malformed, or its param groups, parameter keys,
-                state entries or shapes differ from the live optimizer's; the message
-                names each difference and nothing has been loaded.
+                state entries, dtypes, shapes or hyper-parameters differ from the live
+                optimizer's; the message names each difference and nothing has been loaded.
         """
-        problems = keyed_state_problems(self, state_dict)
+        owner = "RecapOptimizer.load_state_dict"
+        if not isinstance(state_dict, Mapping):
+            raise ValueError(f"{owner}: expected a dict from state_dict(), got {type(state_dict).__name__}")
+        order = {id(p): k for k, p in self.params.items()}
+        keyed, problems = keyed_from_positions(
+            state_dict, [order[id(p)] for group in self.param_groups for p in group["params"]]
+        )
+        problems += keyed_state_problems(self, keyed)
         if problems:
             raise ValueError(
-                "RecapOptimizer.load_state_dict: the state belongs to another optimizer (nothing was loaded): "
-                + "; ".join(problems)
+                f"{owner}: the state belongs to another optimizer (nothing was loaded): " + "; ".join(problems)
             )
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != GROUPS_KEY})
+        live = {k for k, p in self.params.items() if p in self.state}
+        super().load_state_dict({"state": {k: v for k, v in keyed["state"].items() if k in live}})

@@ -58,8 +58,10 @@ import torch
 
 from functional_opt import config as config_lib
 from functional_opt import grouping
+from functional_opt.config_file import EMBEDDINGS
 from torch_bridge.optimizers import can_fuse_adam, initial_lr
 from torch_bridge.schedulers import RecapLRShim
+from torch_bridge.workarounds import fused_leaves, initialise_adam_state
 
 if TYPE_CHECKING:
     from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer
@@ -126,7 +128,7 @@ def build_recap_optimizer(
         use_fused = can_fuse_adam(adam_params.values())
 
         def make_adam(_: Any) -> torch.optim.Optimizer:
-            return torch.optim.Adam(
+            made = torch.optim.Adam(
                 adam_param_groups,
                 betas=(adam.beta_1, adam.beta_2),
                 eps=adam.epsilon,
@@ -135,6 +137,9 @@ def build_recap_optimizer(
                 # torch's multi-tensor Adam rejects a tensor lr unless capturable.
                 foreach=False if tensor_lr and not use_fused else None,
             )
+            # A freshly built optimizer must take a checkpoint (torchrec loads only into existing state).
+            initialise_adam_state(made)
+            return made
 
         optimizers.append(KeyedOptimizerWrapper(adam_params, make_adam))
     for group in (g for g in groups if g.algorithm == "sgd"):
@@ -146,6 +151,7 @@ def build_recap_optimizer(
 
         optimizers.append(KeyedOptimizerWrapper(sgd_params, make_sgd))
     if fused is not None:
+        _name_fused_groups(fused)
         optimizers.append(fused)
     if not optimizers:
         raise ValueError(f"build_recap_optimizer: {type(model).__name__} has no parameters to optimize")
@@ -159,6 +165,17 @@ def _torch_group(group: grouping.ParamGroup, named: Mapping[str, torch.Tensor], 
     """A torch param group for ``group``, named and at its schedule's step-0 value (a float or a tensor)."""
     params = [named[n] for n in group.param_names]
     return {"params": params, "lr": initial_lr(group.learning_rate, params, tensor_lr), "name": group.name}
+
+
+def _name_fused_groups(fused: KeyedOptimizer) -> None:
+    """Names the fused embedding groups ``"embeddings"`` (``"embeddings.<i>"`` when there are several).
+
+    torchrec leaves them unnamed; a name lets loggers (Lightning's
+    ``LearningRateMonitor``, :meth:`LRShim.learning_rates`) tell them apart.
+    """
+    groups = [g for leaf in fused_leaves(fused) for g in leaf.param_groups]
+    for i, group in enumerate(groups):
+        group.setdefault("name", EMBEDDINGS if len(groups) == 1 else f"{EMBEDDINGS}.{i}")
 
 
 def _fused_optimizer(model: torch.nn.Module) -> KeyedOptimizer | None:

@@ -13,6 +13,12 @@ With TML's loop ``zero_grad -> forward -> backward -> optimizer.step ->
 scheduler.step`` the constructor sets ``schedule(0)`` and each
 ``scheduler.step()`` sets the value for the next optimizer step.
 
+Fused (TBE) embedding optimizers of torchrec get their rate in their kernel as
+soon as the scheduler sets it, so the loop order does not matter
+(:func:`torch_bridge.workarounds.set_fused_kernel_learning_rates`). A schedule
+given as a callable is checked at every step: NaN, inf, a negative value or a
+non-scalar is refused, naming the group and the step, before any group changes.
+
 Values are the float64 results of the JAX schedules: they equal
 :func:`functional_opt.schedules.compute_lr` to ``1e-12 * max(1, |lr|)``. They are
 tabulated a block of steps at a time (:class:`~functional_opt.tabulate.ScheduleTable`),
@@ -46,48 +52,34 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeAlias
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from functional_opt import config as config_lib
-from functional_opt import schedules as schedules_lib
 from functional_opt.tabulate import ScheduleTable
+from torch_bridge.scheduler_records import (
+    LearningRateSpec,
+    Resolved,
+    check_value,
+    compare_records,
+    copy_record,
+    differences,
+    resolve,
+)
+from torch_bridge.workarounds import fused_leaves, optimizer_leaves, set_fused_kernel_learning_rates
 
 __all__ = ["LRShim", "LearningRateSpec", "RecapLRShim"]
-
-LearningRateSpec: TypeAlias = config_lib.LearningRate | Mapping[str, Any] | schedules_lib.Schedule
-"""A ``LearningRate`` config, a mapping that validates as one, or any ``optax.Schedule``."""
 
 # Steps evaluated per JAX call: one call every BLOCK_SIZE scheduler steps.
 BLOCK_SIZE = 2048
 
-
-_Resolved: TypeAlias = tuple[schedules_lib.Schedule, dict[str, Any]]
-
-
-def _resolve(owner: str, name: str, value: Any) -> _Resolved:
-    """The schedule for ``value`` and the JSON-able record kept in ``state_dict``."""
-    if isinstance(value, Mapping):
-        try:
-            value = config_lib.LearningRate.model_validate(dict(value))
-        except Exception as exc:  # pydantic.ValidationError
-            raise ValueError(f"{owner}: learning rate {name!r} is not a valid LearningRate: {exc}") from None
-    if isinstance(value, config_lib.LearningRate):
-        return schedules_lib.schedule_from_config(value), {"config": value.model_dump(mode="json")}
-    if callable(value):
-        return value, {"callable": _callable_id(value)}
-    raise TypeError(
-        f"{owner}: learning rate {name!r} must be a LearningRate config or a schedule callable, "
-        f"got {type(value).__name__}"
-    )
-
+# The largest step a scheduler takes: a step count is an int64 on every side.
+MAX_STEP = 2**62
 
 # Tables of config-only schedules, by their configs: a new scheduler with the same configs
 # reuses the compiled JAX function instead of compiling it again (about a second).
@@ -95,7 +87,7 @@ _TABLE_CACHE: OrderedDict[tuple[str, ...], ScheduleTable] = OrderedDict()
 _TABLE_CACHE_SIZE = 32
 
 
-def _schedule_table(resolved: Sequence[_Resolved]) -> ScheduleTable:
+def _schedule_table(resolved: Sequence[Resolved]) -> ScheduleTable:
     """A :class:`ScheduleTable` of one schedule per group.
 
     For config schedules, a shallow copy of a cached table: the copy shares the
@@ -117,13 +109,6 @@ def _schedule_table(resolved: Sequence[_Resolved]) -> ScheduleTable:
     return copy.copy(prototype)
 
 
-def _callable_id(fn: Callable[..., Any]) -> str:
-    """``module.qualname`` of a schedule callable (what ``state_dict`` records instead of the closure)."""
-    module = getattr(fn, "__module__", None) or type(fn).__module__
-    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-    return f"{module}.{qualname}"
-
-
 def _param_keys(optimizer: Optimizer) -> dict[int, str]:
     """``id(param) -> key`` for a keyed (torchrec) optimizer; empty for a plain one."""
     params = getattr(optimizer, "params", None)
@@ -143,19 +128,6 @@ def _group_label(index: int, group: Mapping[str, Any], keys: Mapping[int, str]) 
     return f"param_groups[{index}]: [{', '.join(shown)}{more}]"
 
 
-def _differences(expected: Sequence[str], got: Sequence[str]) -> str:
-    missing = [n for n in expected if n not in got]
-    extra = [n for n in got if n not in expected]
-    parts = []
-    if missing:
-        parts.append(f"missing: {missing}")
-    if extra:
-        parts.append(f"extra: {extra}")
-    if not parts:
-        parts.append(f"same names in a different order: expected {list(expected)}, got {list(got)}")
-    return "; ".join(parts)
-
-
 class LRShim(LRScheduler):
     """Closed-form scheduler: param group ``i`` follows the ``i``-th schedule of ``lr_dict``.
 
@@ -170,7 +142,8 @@ class LRShim(LRScheduler):
     those names, in that order.
 
     ``state_dict()`` holds the step and the configs (JSON-able; a callable is
-    recorded by its qualified name), never closures. ``load_state_dict`` checks
+    recorded by its qualified name and its values at a few steps, so that two
+    callables are told apart), never closures. ``load_state_dict`` checks
     that the saved configs are this scheduler's, then restores the step and
     writes that step's learning rates into the optimizer.
 
@@ -207,18 +180,22 @@ class LRShim(LRScheduler):
             raise TypeError(f"{type(self).__name__}: lr_dict keys must be group names (str), got {bad_keys}")
         self.lr_dict = dict(lr_dict)
         self.group_names = list(self.lr_dict)
-        resolved = [_resolve(type(self).__name__, n, v) for n, v in self.lr_dict.items()]
+        resolved = [resolve(type(self).__name__, n, v) for n, v in self.lr_dict.items()]
         self._resolved = resolved
         self._records = {n: r for n, (_, r) in zip(self.group_names, resolved, strict=True)}
         group_schedules = self._assign_schedules(optimizer)
         self._table = _schedule_table(group_schedules)
         self._num_groups = len(group_schedules)
+        # Groups driven by a callable: their values are checked at every step (configs are checked when read).
+        self._checked = [i for i, (_, record) in enumerate(group_schedules) if "callable" in record]
+        self._labels = _labels(optimizer, group_schedules, self.group_names)
+        self._fused = fused_leaves(optimizer)
         self._tensor_lrs = _has_tensor_lr(optimizer)
         super().__init__(optimizer, last_epoch)
 
     # --- validation ---------------------------------------------------------------------------
 
-    def _assign_schedules(self, optimizer: Optimizer) -> list[_Resolved]:
+    def _assign_schedules(self, optimizer: Optimizer) -> list[Resolved]:
         """One (schedule, record) per param group of ``optimizer``, in order (validates counts and names)."""
         groups = list(optimizer.param_groups)
         keys = _param_keys(optimizer)
@@ -259,7 +236,34 @@ class LRShim(LRScheduler):
             step = epoch
         if self._step_count == 1:
             self._warn_step_order()
-        row = self._table.row(step)
+        row = self._row(step)
+        self._apply(groups, row)
+        self.last_epoch = step
+        self._step_count += 1
+        self._last_lr = row
+
+    def _row(self, step: int) -> list[float]:
+        """The learning rates at ``step``, checked (groups driven by a callable) before anything is written.
+
+        Raises:
+            ValueError: ``step`` is negative or beyond :data:`MAX_STEP`, or a callable gives
+                NaN, inf, a negative number or a non-scalar (naming the group, the
+                step and the value).
+        """
+        if not 0 <= step <= MAX_STEP:
+            raise ValueError(f"{type(self).__name__}: step {step} must be in [0, {MAX_STEP}]")
+        try:
+            row = self._table.row(step)
+        except (OverflowError, TypeError, ValueError) as exc:
+            raise ValueError(f"{type(self).__name__}: cannot evaluate the schedules at step {step}: {exc}") from None
+        for i in self._checked:
+            value = row[i]
+            if not (isinstance(value, float) and 0.0 <= value <= _FLOAT_MAX):
+                check_value(type(self).__name__, self._labels[i], step, value)
+        return row
+
+    def _apply(self, groups: Sequence[dict[str, Any]], row: Sequence[float]) -> None:
+        """Writes ``row`` into the param groups (tensors in place) and hands the fused kernels their rates."""
         if self._tensor_lrs:
             for group, lr in zip(groups, row, strict=True):
                 current = group["lr"]
@@ -270,9 +274,28 @@ class LRShim(LRScheduler):
         else:
             for group, lr in zip(groups, row, strict=True):
                 group["lr"] = lr
-        self.last_epoch = step
-        self._step_count += 1
-        self._last_lr = row
+        if self._fused:
+            set_fused_kernel_learning_rates(self._fused)
+
+    def learning_rates(self) -> dict[str, float]:
+        """``{group name: learning rate}`` of the step the optimizer takes next, as floats.
+
+        Every group is named: its ``"name"`` entry or its ``lr_dict`` name
+        (fused embedding groups: ``"embeddings"``, or ``"embeddings.<i>"`` when there
+        are several). The values are copies, also for tensor learning rates, so a
+        logger that keeps them keeps each step's value (``self.log_dict(...)`` in
+        Lightning, ``Trainer.log`` in Hugging Face, a TensorBoard ``SummaryWriter``).
+
+        Example:
+            >>> import torch
+            >>> from functional_opt import config
+            >>> w = torch.nn.Parameter(torch.zeros(1))
+            >>> opt = torch.optim.SGD([{"params": [w], "lr": torch.tensor(0.0), "name": "all"}])
+            >>> sched = LRShim(opt, {"all": config.LearningRate(constant=0.25)})
+            >>> sched.learning_rates()
+            {'all': 0.25}
+        """
+        return {label: float(lr) for label, lr in zip(self._labels, self._last_lr, strict=True)}
 
     def _warn_step_order(self) -> None:
         """torch's warnings for a scheduler stepped before its optimizer.
@@ -305,7 +328,7 @@ class LRShim(LRScheduler):
         )
 
     def _lrs_at(self, step: int) -> list[float]:
-        return list(self._table.row(step))
+        return list(self._row(step))
 
     def get_lr(self) -> list[float | torch.Tensor]:
         """The learning rates at ``last_epoch`` (closed form), one per param group.
@@ -334,17 +357,6 @@ class LRShim(LRScheduler):
                 out.append(value)
         return out
 
-    def _write_lrs(self) -> None:
-        """Sets every group's learning rate for ``last_epoch`` (used after a load)."""
-        row = self._table.row(self.last_epoch)
-        for group, lr in zip(self.optimizer.param_groups, row, strict=True):
-            current = group["lr"]
-            if isinstance(current, torch.Tensor):
-                current.fill_(lr)
-            else:
-                group["lr"] = lr
-        self._last_lr = row
-
     # --- state ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -354,13 +366,13 @@ class LRShim(LRScheduler):
             ``{"last_epoch", "_step_count", "_last_lr", "lr_dict"}`` (and, for
             :class:`RecapLRShim`, ``"emb_learning_rate"``), where each learning
             rate is ``{"config": <LearningRate as a dict>}`` or
-            ``{"callable": "<module>.<qualname>"}``.
+            ``{"callable": "<module>.<qualname>", "steps": [...], "values": [...]}``.
         """
         return {
             "last_epoch": int(self.last_epoch),
             "_step_count": int(self._step_count),
             "_last_lr": [float(v) for v in self._last_lr],
-            "lr_dict": {name: _copy_record(r) for name, r in self._records.items()},
+            "lr_dict": {name: copy_record(r) for name, r in self._records.items()},
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -379,10 +391,12 @@ class LRShim(LRScheduler):
                 The scheduler is left unchanged.
         """
         last_epoch, step_count = self._check_state(state_dict)
+        row = self._row(last_epoch)  # raises before anything changes
+        self._tensor_lrs = _has_tensor_lr(self.optimizer)
+        self._apply(self.optimizer.param_groups, row)
         self.last_epoch = last_epoch
         self._step_count = step_count
-        self._tensor_lrs = _has_tensor_lr(self.optimizer)
-        self._write_lrs()
+        self._last_lr = row
 
     def _check_state(self, state_dict: Mapping[str, Any]) -> tuple[int, int]:
         owner = f"{type(self).__name__}.load_state_dict"
@@ -394,8 +408,8 @@ class LRShim(LRScheduler):
         last_epoch = state_dict["last_epoch"]
         step_count = state_dict["_step_count"]
         for key, value in (("last_epoch", last_epoch), ("_step_count", step_count)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{owner}: {key}={value!r} must be an integer >= 0")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_STEP:
+                raise ValueError(f"{owner}: {key}={_shown(value)} must be an integer in [0, {MAX_STEP}]")
         groups = len(self.optimizer.param_groups)
         if groups != self._num_groups:
             raise ValueError(
@@ -405,7 +419,7 @@ class LRShim(LRScheduler):
         saved = state_dict["lr_dict"]
         if not isinstance(saved, Mapping):
             raise ValueError(f"{owner}: lr_dict must be a mapping, got {type(saved).__name__}")
-        problems = _compare_records("lr_dict", self._records, saved)
+        problems = compare_records("lr_dict", self._records, saved)
         problems += self._check_extra_state(state_dict)
         if problems:
             raise ValueError(f"{owner}: the saved state was made with different learning rates; " + "; ".join(problems))
@@ -425,12 +439,15 @@ class RecapLRShim(LRShim):
     are dense and take the schedules of ``lr_dict``, in order. ``emb_learning_rate``
     drives every embedding group.
 
-    torchrec's fused TBE optimizer copies ``param_groups[0]["lr"]`` into its
-    kernel in ``zero_grad()`` and ``step()``; the embedding rows are updated
-    during ``backward``. In the loop ``zero_grad -> forward -> backward -> step ->
-    scheduler.step``, step k's ``zero_grad`` therefore hands the kernel
-    ``emb_schedule(k)``, which backward k uses, like every dense group. The
-    kernel stores the value in float32.
+    The embedding rows are updated during ``backward``, by a kernel that
+    torchrec hands ``param_groups[0]["lr"]`` only in the fused optimizer's own
+    ``zero_grad()`` and ``step()``. The scheduler therefore sets each fused
+    kernel's rate itself whenever it sets a step's rates (construction,
+    ``step()``, ``load_state_dict``), so backward k uses ``emb_schedule(k)``,
+    like every dense group, whatever the loop order: ``zero_grad`` first (TML),
+    ``zero_grad`` after ``optimizer.step``, ``scheduler.step`` before
+    ``zero_grad`` (Hugging Face), ``model.zero_grad()`` only, or Lightning's
+    automatic optimisation. The kernel stores the value in float32.
 
     Args:
         optimizer: typically the ``CombinedOptimizer`` of
@@ -469,10 +486,10 @@ class RecapLRShim(LRShim):
         if emb_learning_rate is None:
             self._emb_schedule, self._emb_record = None, None
         else:
-            self._emb_schedule, self._emb_record = _resolve(type(self).__name__, "emb_learning_rate", emb_learning_rate)
+            self._emb_schedule, self._emb_record = resolve(type(self).__name__, "emb_learning_rate", emb_learning_rate)
         super().__init__(optimizer, lr_dict, last_epoch)
 
-    def _assign_schedules(self, optimizer: Optimizer) -> list[_Resolved]:
+    def _assign_schedules(self, optimizer: Optimizer) -> list[Resolved]:
         owner = type(self).__name__
         groups = list(optimizer.param_groups)
         fused = _fused_flags(optimizer)
@@ -510,7 +527,7 @@ class RecapLRShim(LRShim):
     def state_dict(self) -> dict[str, Any]:
         """See :meth:`LRShim.state_dict`; adds ``"emb_learning_rate"`` (a record or None)."""
         state = super().state_dict()
-        state["emb_learning_rate"] = _copy_record(self._emb_record) if self._emb_record is not None else None
+        state["emb_learning_rate"] = copy_record(self._emb_record) if self._emb_record is not None else None
         return state
 
     def _check_extra_state(self, state_dict: Mapping[str, Any]) -> list[str]:
@@ -519,12 +536,39 @@ class RecapLRShim(LRShim):
             return []
         if saved is None or self._emb_record is None:
             return [f"emb_learning_rate: saved {saved!r}, current {self._emb_record!r}"]
-        return _compare_records(
+        return compare_records(
             "emb_learning_rate", {"emb_learning_rate": self._emb_record}, {"emb_learning_rate": saved}
         )
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+_FLOAT_MAX = 1.7976931348623157e308
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _labels(optimizer: Optimizer, group_schedules: Sequence[Resolved], names: Sequence[str]) -> list[str]:
+    """One name per param group: its ``"name"`` entry, else its ``lr_dict`` name (fused groups: ``embeddings``)."""
+    groups = list(optimizer.param_groups)
+    fused = _fused_flags(optimizer)
+    if len(fused) != len(groups):
+        fused = [False] * len(groups)
+    dense_names = iter(names)
+    num_fused = sum(fused)
+    labels = []
+    for i, (group, is_fused) in enumerate(zip(groups, fused, strict=True)):
+        default = (
+            ("embeddings" if num_fused == 1 else f"embeddings.{sum(fused[:i])}")
+            if is_fused
+            else next(dense_names, f"param_groups[{i}]")
+        )
+        name = group.get("name")
+        labels.append(name if isinstance(name, str) else default)
+    return labels
 
 
 def _has_tensor_lr(optimizer: Optimizer) -> bool:
@@ -539,66 +583,10 @@ def _check_names(owner: str, groups: Sequence[Mapping[str, Any]], labels: Sequen
     if list(group_names) != list(names):
         raise ValueError(
             f"{owner}: lr_dict names {list(names)} do not match the optimizer's param group names "
-            f"{list(labels)} ({_differences(list(labels), list(names))})"
+            f"{list(labels)} ({differences(list(labels), list(names))})"
         )
 
 
 def _fused_flags(optimizer: Optimizer) -> list[bool]:
     """For each param group of ``optimizer`` (in order): does a torchrec fused optimizer hold it?"""
-    return [fused for leaf, fused in _leaves(optimizer) for _ in leaf.param_groups]
-
-
-def _leaves(optimizer: Optimizer) -> Iterator[tuple[Optimizer, bool]]:
-    """The optimizers that own param groups, with whether each is a torchrec ``FusedOptimizer``.
-
-    torchrec is only consulted when it is already imported: an optimizer of
-    torchrec cannot exist otherwise, and importing it costs seconds.
-    """
-    if "torchrec" not in sys.modules:
-        yield optimizer, False
-        return
-    from torchrec.optim.fused import FusedOptimizer
-    from torchrec.optim.keyed import CombinedOptimizer
-
-    if isinstance(optimizer, CombinedOptimizer):
-        for _, child in optimizer.optimizers:
-            yield from _leaves(child)
-    else:
-        yield optimizer, isinstance(optimizer, FusedOptimizer)
-
-
-def _copy_record(record: Mapping[str, Any]) -> dict[str, Any]:
-    return copy.deepcopy(dict(record))
-
-
-def _compare_records(what: str, current: Mapping[str, Mapping[str, Any]], saved: Mapping[str, Any]) -> list[str]:
-    """Human-readable differences between the current and the saved learning-rate records."""
-    problems: list[str] = []
-    if list(current) != list(saved):
-        problems.append(f"{what} names differ ({_differences(list(current), [str(k) for k in saved])})")
-    for name, record in current.items():
-        if name not in saved:
-            continue
-        other = saved[name]
-        if not isinstance(other, Mapping):
-            problems.append(f"{what}[{name!r}]: saved entry {other!r} is not a learning-rate record")
-            continue
-        if "config" in record:
-            if "config" not in other:
-                problems.append(f"{what}[{name!r}]: saved {dict(other)!r}, current is a LearningRate config")
-                continue
-            try:
-                saved_cfg = config_lib.LearningRate.model_validate(other["config"])
-            except Exception as exc:  # pydantic.ValidationError
-                problems.append(f"{what}[{name!r}]: saved config is invalid: {exc}")
-                continue
-            current_cfg = config_lib.LearningRate.model_validate(record["config"])
-            if saved_cfg != current_cfg:
-                problems.append(f"{what}[{name!r}]: saved {_short(saved_cfg)}, current {_short(current_cfg)}")
-        elif dict(other) != dict(record):
-            problems.append(f"{what}[{name!r}]: saved {dict(other)!r}, current {dict(record)!r}")
-    return problems
-
-
-def _short(cfg: config_lib.LearningRate) -> str:
-    return str(cfg.model_dump(mode="json", exclude_none=True))
+    return [fused for leaf, fused in optimizer_leaves(optimizer) for _ in leaf.param_groups]

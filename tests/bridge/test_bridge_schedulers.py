@@ -96,7 +96,7 @@ def test_optax_schedule_drives_torch() -> None:
         expected = [float(schedule(jnp.asarray(k, jnp.int64))) for k in range(STEPS)]
     for k, (lr,) in enumerate(run_lrs(opt, sched)):
         assert toys.close(lr, expected[k]), (k, lr, expected[k])
-    assert sched.state_dict()["lr_dict"]["all"] == {"callable": f"{schedule.__module__}.{schedule.__qualname__}"}
+    assert sched.state_dict()["lr_dict"]["all"]["callable"] == f"{schedule.__module__}.{schedule.__qualname__}"
 
 
 def test_mapping_values_are_validated_as_configs() -> None:
@@ -249,7 +249,7 @@ def test_load_state_of_a_different_config_fails_and_changes_nothing() -> None:
         sched.load_state_dict(renamed)
     with pytest.raises(ValueError, match=r"the state has no \['lr_dict'\] entries"):
         sched.load_state_dict({"last_epoch": 3, "_step_count": 4})
-    with pytest.raises(ValueError, match="last_epoch=-1 must be an integer >= 0"):
+    with pytest.raises(ValueError, match=r"last_epoch=-1 must be an integer in \[0, "):
         sched.load_state_dict(dict(sched.state_dict(), last_epoch=-1))
     callable_state = LRShim(sgd_with_groups(2), {"a": KINDS["constant"], "b": optax.constant_schedule(0.1)})
     with pytest.raises(ValueError, match=r"lr_dict\['b'\]: saved \{'callable'"):

@@ -32,7 +32,7 @@ ADAGRAD = {"adagrad": {"lr": 0.1}}
     [
         (ADAM, SGD, 3, r"momentum_buffer"),
         (ADAGRAD, ADAM, 3, r"exp_avg"),
-        (ADAM, ADAM, 5, r"has shape \[2, 5\], the parameter \[2, 3\]"),
+        (ADAM, ADAM, 5, r"shape \[2, 5\] does not match the parameter \[2, 3\]"),
     ],
     ids=["adam<-sgd", "adagrad<-adam", "adam<-wider-adam"],
 )

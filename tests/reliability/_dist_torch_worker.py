@@ -222,7 +222,8 @@ def train(
         loss = loss_fn(model(dense, features), labels)
         loss.backward()
         record["kernel_lrs"].append(kernel_learning_rates(model))
-        record["dense_lrs"].append({g["name"]: g["lr"] for g in optimizer.param_groups if "name" in g})
+        fused = {id(g) for g in model.fused_optimizer.param_groups}
+        record["dense_lrs"].append({g["name"]: g["lr"] for g in optimizer.param_groups if id(g) not in fused})
         record["fused_lrs"].append([g["lr"] for g in model.fused_optimizer.param_groups])
         optimizer.step()
         scheduler.step()
