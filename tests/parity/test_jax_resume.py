@@ -76,3 +76,46 @@ def test_resume_from_npz_is_bitwise_equal(tmp_path: Path, dtype: str) -> None:
     # The checkpoint holds the state after SAVE_AT updates: the last rate used is schedule(SAVE_AT - 1).
     assert expected_lrs["dense_ebc"] == pytest.approx(0.5 / 25 * (SAVE_AT - 1), rel=1e-6)
     assert int(resumed[1].inner_states["backbone"].inner_state.count) == STEPS
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_resume_from_orbax_is_bitwise_equal_and_refuses_another_config(tmp_path: Path, dtype: str) -> None:
+    """orbax's StandardCheckpointer at step SAVE_AT: the same config continues bit for bit, another is refused."""
+    import orbax.checkpoint as ocp
+
+    with jax.enable_x64(dtype == "float64"):
+        jdtype = jnp.dtype(dtype)
+        params = demo_model.init_params(SPEC, seed=0, dtype=jdtype)
+        tx = optimizers.build_recap_optimizer(params, RECAP, EMB)
+        data = [demo_model.to_jax(b, jdtype) for b in batches()[:STEPS]]
+
+        @jax.jit
+        def train_step(params: Any, state: Any, batch: demo_model.Batch) -> Any:
+            grads = jax.grad(demo_model.loss)(params, batch, SPEC)
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        checkpointer = ocp.StandardCheckpointer()
+        uninterrupted = (params, tx.init(params))
+        for k in range(STEPS):
+            if k == SAVE_AT:
+                checkpointer.save(tmp_path / "orbax", {"params": uninterrupted[0], "opt_state": uninterrupted[1]})
+                checkpointer.wait_until_finished()
+            uninterrupted = train_step(*uninterrupted, data[k])
+
+        fresh_params = demo_model.init_params(SPEC, seed=1, dtype=jdtype)
+        other_recap = RECAP.model_copy(update={"adam": RECAP.adam.model_copy(update={"epsilon": 1e-3})})
+        other = optimizers.build_recap_optimizer(fresh_params, other_recap, EMB)
+        target = {"params": fresh_params, "opt_state": other.init(fresh_params)}
+        restored = checkpointer.restore(tmp_path / "orbax", target)
+        with pytest.raises(ValueError, match=r"group 'backbone' .*: eps: saved 1e-0?7, configured 0\.001"):
+            optimizers.check_state(restored["opt_state"], target["opt_state"])
+
+        target = {"params": fresh_params, "opt_state": tx.init(fresh_params)}
+        restored = checkpointer.restore(tmp_path / "orbax", target)
+        optimizers.check_state(restored["opt_state"], target["opt_state"])
+        resumed = (restored["params"], restored["opt_state"])
+        for k in range(SAVE_AT, STEPS):
+            resumed = train_step(*resumed, data[k])
+
+    assert bits(resumed) == bits(uninterrupted)
