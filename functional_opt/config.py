@@ -31,16 +31,18 @@ from __future__ import annotations
 
 import math
 import os
-import string
-from pathlib import Path
-from typing import Any, TypeVar
+import unicodedata
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 import pydantic
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from functional_opt import yaml_loading
+from functional_opt.yaml_loading import short_repr as _short
 
 __all__ = [
+    "RESERVED_GROUP_NAMES",
     "AdagradConfig",
     "AdamConfig",
     "BaseConfig",
@@ -59,6 +61,78 @@ __all__ = [
 ]
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+RESERVED_GROUP_NAMES = ("backbone", "dense_ebc", "single_task", "embeddings")
+"""Group names the library gives itself (``grouping.BACKBONE``, ``grouping.DENSE_EMBEDDINGS``,
+``grouping.SINGLE_TASK`` and ``config_file.EMBEDDINGS``, the label of the embedding schedule):
+no tower may take one."""
+
+
+def _strict_number(value: Any) -> float:
+    """A number as a float; booleans, strings and anything else are refused, never converted."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(
+            f"Input should be a valid number, got the boolean {value!r} "
+            "(YAML reads yes/no/on/off/true/false as booleans)"
+        )
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(f"Input should be a number within float range, got {_short(value)}") from None
+    if isinstance(value, str):
+        raise ValueError(f"Input should be a valid number, got the string {_short(value)}{_hint(value)}")
+    raise ValueError(f"Input should be a valid number, got {type(value).__name__} {_short(value)}")
+
+
+def _strict_integer(value: Any) -> int:
+    """An integer; an integral float (``10.0``) is taken as that integer, ``10.5``, booleans and strings are refused."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"Input should be a valid integer, got the boolean {value!r}")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        if math.isfinite(value) and float(value).is_integer():
+            return int(value)
+        raise ValueError(f"Input should be a valid integer, got {value!r}")
+    if isinstance(value, str):
+        raise ValueError(f"Input should be a valid integer, got the string {_short(value)}{_hint(value)}")
+    raise ValueError(f"Input should be a valid integer, got {type(value).__name__} {_short(value)}")
+
+
+def _hint(text: str) -> str:
+    try:
+        float(text)
+    except ValueError:
+        return ""
+    return " (a quoted number is a string: write it without quotes)"
+
+
+Number = Annotated[float, BeforeValidator(_strict_number)]
+"""A float field that takes ints and floats only (no booleans, no strings)."""
+Integer = Annotated[int, BeforeValidator(_strict_integer)]
+"""An int field that takes ints and integral floats only."""
+PositiveInteger = Annotated[int, BeforeValidator(_strict_integer), Field(gt=0)]
+"""An :data:`Integer` > 0."""
+
+
+def _check_group_name(name: Any) -> str | None:
+    """Why ``name`` cannot name a tower, or None when it can."""
+    if not isinstance(name, str):
+        return f"a tower name must be a string, got {type(name).__name__} {_short(name)}"
+    shown = _short(name)
+    if not name:
+        return "a tower name must not be empty"
+    if name in RESERVED_GROUP_NAMES:
+        return f"tower name {shown} is reserved for a built-in group (reserved: {', '.join(RESERVED_GROUP_NAMES)})"
+    bad = [c for c in name if c.isspace() or unicodedata.category(c).startswith(("C", "Z"))]
+    if bad:
+        return (
+            f"tower name {shown} holds whitespace or control characters ({_short(bad[0])}); "
+            "a tower name is matched inside parameter names, which have none"
+        )
+    return None
+
 
 ConfigT = TypeVar("ConfigT", bound="BaseConfig")
 
@@ -113,8 +187,8 @@ class PiecewiseConstant(BaseConfig):
         learning_rate_values: ``len(learning_rate_boundaries) + 1`` learning rates.
     """
 
-    learning_rate_boundaries: list[int] | None = Field(None)
-    learning_rate_values: list[float] | None = Field(None)
+    learning_rate_boundaries: list[Integer] | None = Field(None)
+    learning_rate_values: list[Number] | None = Field(None)
 
     @field_validator("learning_rate_boundaries")
     @classmethod
@@ -172,8 +246,8 @@ class LinearRampToConstant(BaseConfig):
         num_ramp_steps: number of steps to ramp up from zero (> 0).
     """
 
-    learning_rate: float
-    num_ramp_steps: pydantic.PositiveInt = Field(description="Number of steps to ramp this up from zero.")
+    learning_rate: Number
+    num_ramp_steps: PositiveInteger = Field(description="Number of steps to ramp this up from zero.")
 
     @field_validator("learning_rate")
     @classmethod
@@ -191,10 +265,10 @@ class LinearRampToCosine(BaseConfig):
         final_num_steps: step at which the decay ends (> ``num_ramp_steps``).
     """
 
-    learning_rate: float
-    final_learning_rate: float
-    num_ramp_steps: pydantic.PositiveInt = Field(description="Number of steps to ramp this up from zero.")
-    final_num_steps: pydantic.PositiveInt = Field(description="Final number of steps where decay stops.")
+    learning_rate: Number
+    final_learning_rate: Number
+    num_ramp_steps: PositiveInteger = Field(description="Number of steps to ramp this up from zero.")
+    final_num_steps: PositiveInteger = Field(description="Final number of steps where decay stops.")
 
     @field_validator("learning_rate", "final_learning_rate")
     @classmethod
@@ -224,7 +298,7 @@ class LearningRate(BaseConfig):
         piecewise_constant: see :class:`PiecewiseConstant`.
     """
 
-    constant: float | None = Field(None)
+    constant: Number | None = Field(None)
     linear_ramp_to_cosine: LinearRampToCosine | None = Field(None)
     linear_ramp_to_constant: LinearRampToConstant | None = Field(None)
     piecewise_constant: PiecewiseConstant | None = Field(None)
@@ -265,7 +339,7 @@ class LearningRate(BaseConfig):
 class OptimizerAlgorithmConfig(BaseConfig):
     """Base of the per-algorithm configs: ``lr`` is the optimizer's initial learning rate."""
 
-    lr: float
+    lr: Number
 
     @field_validator("lr")
     @classmethod
@@ -276,9 +350,9 @@ class OptimizerAlgorithmConfig(BaseConfig):
 class AdamConfig(OptimizerAlgorithmConfig):
     """torch.optim.Adam hyper-parameters (TML defaults: betas (0.9, 0.999), eps 1e-7)."""
 
-    lr: float
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-7
+    lr: Number
+    betas: tuple[Number, Number] = (0.9, 0.999)
+    eps: Number = 1e-7
 
     @field_validator("betas")
     @classmethod
@@ -294,8 +368,8 @@ class AdamConfig(OptimizerAlgorithmConfig):
 class SgdConfig(OptimizerAlgorithmConfig):
     """torch.optim.SGD hyper-parameters (dampening 0, no Nesterov)."""
 
-    lr: float
-    momentum: float = 0.0
+    lr: Number
+    momentum: Number = 0.0
 
     @field_validator("momentum")
     @classmethod
@@ -314,10 +388,10 @@ class AdagradConfig(OptimizerAlgorithmConfig):
     has never received a gradient is updated by ``0 / sqrt(0)``, i.e. NaN.
     """
 
-    lr: float
-    eps: float = 1e-10
-    lr_decay: float = 0.0
-    initial_accumulator_value: float = 0.0
+    lr: Number
+    eps: Number = 1e-10
+    lr_decay: Number = 0.0
+    initial_accumulator_value: Number = 0.0
 
     @field_validator("eps", "lr_decay", "initial_accumulator_value")
     @classmethod
@@ -364,9 +438,9 @@ def get_optimizer_algorithm_config(
 class RecapAdamConfig(BaseConfig):
     """Adam for the recap optimizer (TML defaults: 0.9, 0.999, 1e-7)."""
 
-    beta_1: float = 0.9
-    beta_2: float = 0.999
-    epsilon: float = 1e-7
+    beta_1: Number = 0.9
+    beta_2: Number = 0.999
+    epsilon: Number = 1e-7
 
     @field_validator("beta_1", "beta_2")
     @classmethod
@@ -398,8 +472,9 @@ class MultiTaskLearningRates(BaseConfig):
         if not value:
             raise ValueError("tower_learning_rates={} must name at least one tower")
         for name in value:
-            if not name:
-                raise ValueError("tower_learning_rates: a tower name must not be empty")
+            problem = _check_group_name(name)
+            if problem is not None:
+                raise ValueError(f"tower_learning_rates: {problem}")
         return value
 
 
@@ -433,7 +508,7 @@ class EmbeddingOptimizerConfig(BaseConfig):
     """
 
     learning_rate: LearningRate | None = Field(None, description="learning rate scheduler for the EBC")
-    init_learning_rate: float | None = Field(None, description="initial learning rate for the EBC")
+    init_learning_rate: Number | None = Field(None, description="initial learning rate for the EBC")
 
     @field_validator("init_learning_rate")
     @classmethod
@@ -441,17 +516,14 @@ class EmbeddingOptimizerConfig(BaseConfig):
         return None if value is None else _check_learning_rate(value, "init_learning_rate")
 
 
-def _substitute_env(text: str) -> str:
-    """``$VAR`` / ``${VAR}`` from the environment (unknown names are left as they are)."""
-    env = dict(os.environ)
-    env.setdefault("USER", os.environ.get("USER") or os.environ.get("LOGNAME") or "")
-    return string.Template(text).safe_substitute(env)
-
-
 def load_config_from_yaml(config_type: type[ConfigT], yaml_path: str | os.PathLike[str]) -> ConfigT:
     """Loads ``config_type`` from a YAML file, substituting ``$VARS`` from the environment.
 
-    The file is parsed with ``yaml.safe_load`` only (no Python object tags).
+    The file is read by :func:`functional_opt.yaml_loading.read_yaml_document`:
+    plain YAML types only (no Python tags), libyaml's parser when installed,
+    duplicate keys, alias bombs, over-deep nesting, binary data and files over
+    its size cap refused, and ``$VAR`` / ``${VAR}`` substituted in string values
+    only (never in the raw text, so a variable cannot add structure).
 
     Args:
         config_type: the model to validate against, e.g. :class:`OptimizerConfig`.
@@ -462,8 +534,9 @@ def load_config_from_yaml(config_type: type[ConfigT], yaml_path: str | os.PathLi
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not valid YAML or not a mapping (the message names the file).
-        pydantic.ValidationError: the content does not match ``config_type``.
+        ValueError: the file cannot be read or parsed, or is not a mapping (the message names the file).
+        pydantic.ValidationError: the content does not match ``config_type``; an error about a
+            value that came from an environment variable names the variable, not its value.
 
     Example:
         >>> import tempfile, os
@@ -472,23 +545,16 @@ def load_config_from_yaml(config_type: type[ConfigT], yaml_path: str | os.PathLi
         >>> load_config_from_yaml(OptimizerConfig, path).adam.lr
         0.1
     """
-    obj = read_yaml(yaml_path)
-    return config_type.model_validate(obj)
+    document = yaml_loading.read_yaml_document(yaml_path)
+    try:
+        return config_type.model_validate(document.data)
+    except pydantic.ValidationError as exc:
+        raise yaml_loading.hide_substituted_values(exc, document) from None
 
 
 def read_yaml(yaml_path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Reads a YAML mapping with ``$VAR`` substitution; errors name the file (and line)."""
-    path = Path(yaml_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    text = _substitute_env(path.read_text(encoding="utf-8"))
-    try:
-        obj = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ValueError(f"{path}: invalid YAML{where}: {problem}") from exc
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a YAML mapping at the top level, got {type(obj).__name__}")
-    return obj
+    """Reads a YAML mapping with ``$VAR`` substitution; errors name the file (and line).
+
+    See :func:`functional_opt.yaml_loading.read_yaml_document` for what is checked.
+    """
+    return yaml_loading.read_yaml_document(yaml_path).data

@@ -53,6 +53,7 @@ from typing import Any, Literal
 import pydantic
 
 from functional_opt import config as config_lib
+from functional_opt import yaml_loading
 
 __all__ = [
     "EMBEDDINGS",
@@ -174,11 +175,12 @@ def load_config_file(path: str | os.PathLike[str]) -> LoadedConfig:
     """
     file = Path(path)
     try:
-        data = config_lib.read_yaml(file)
+        document = yaml_loading.read_yaml_document(file)
     except FileNotFoundError as exc:
-        raise ConfigFileError(f"{file}: no such file") from exc
+        raise ConfigFileError(_one_line(str(exc))) from exc
     except (ValueError, OSError, UnicodeDecodeError) as exc:
         raise ConfigFileError(_one_line(str(exc) if str(exc).startswith(str(file)) else f"{file}: {exc}")) from exc
+    data = document.data
 
     embedding_sections = [key for key in EMBEDDING_SECTIONS if key in data]
     if "optimizer" in data:
@@ -193,12 +195,14 @@ def load_config_file(path: str | os.PathLike[str]) -> LoadedConfig:
 
     where = ".".join(section_path) or "the top level"
     if not isinstance(section, Mapping) or not section:
+        variables = document.substitutions.get(section_path)
+        got = f"the value of ${' $'.join(variables)}" if variables else _short(section)
         raise ConfigFileError(
             f"{file}: {where}: expected an optimizer section (adam / sgd / adagrad with learning_rate, or adam with "
-            f"multi_task_learning_rates / single_task_learning_rate), got {_short(section)}"
+            f"multi_task_learning_rates / single_task_learning_rate), got {got}"
         )
     model_type = _detect_schema(file, section, where)
-    optimizer = _validate(file, model_type, section, section_path)
+    optimizer = _validate(document, model_type, section, section_path)
 
     if len(embedding_sections) > 1:
         raise ConfigFileError(
@@ -211,7 +215,7 @@ def load_config_file(path: str | os.PathLike[str]) -> LoadedConfig:
         emb_path = tuple(embedding_path.split("."))
         emb_data = _get_path(data, emb_path)
         if emb_data is not None:
-            embedding = _validate(file, config_lib.EmbeddingOptimizerConfig, emb_data, emb_path)
+            embedding = _validate(document, config_lib.EmbeddingOptimizerConfig, emb_data, emb_path)
     return LoadedConfig(
         path=file,
         optimizer=optimizer,
@@ -242,11 +246,14 @@ def _detect_schema(
     return config_lib.RecapOptimizerConfig
 
 
-def _validate(file: Path, model_type: type[config_lib.ConfigT], data: Any, prefix: Sequence[str]) -> config_lib.ConfigT:
+def _validate(
+    document: yaml_loading.YamlDocument, model_type: type[config_lib.ConfigT], data: Any, prefix: Sequence[str]
+) -> config_lib.ConfigT:
     try:
         return model_type.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise ConfigFileError(f"{file}: {format_validation_error(exc, model_type, prefix)}") from exc
+        error = yaml_loading.hide_substituted_values(exc, document, tuple(prefix))
+        raise ConfigFileError(f"{document.path}: {format_validation_error(error, model_type, prefix)}") from None
 
 
 def _get_path(data: Any, path: Sequence[str]) -> Any:
@@ -262,8 +269,7 @@ def _one_line(text: str) -> str:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    text = _one_line(repr(value))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return yaml_loading.short_repr(value, limit)
 
 
 _FIELD_IN_MESSAGE = re.compile(r"^(?:(?P<owner>\w+): )?(?P<field>\w+)(?P<index>(?:\[\d+\])*)=")

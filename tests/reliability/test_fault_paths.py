@@ -315,7 +315,23 @@ def test_python_tags_in_yaml_are_refused(tmp_path: Path, tag: str, loader: Any) 
     assert not marker.exists(), "the YAML tag ran a command"
 
 
-YAML_SAFE_NAMES = {"safe_load", "safe_load_all", "safe_dump", "safe_dump_all", "YAMLError", "MarkedYAMLError"}
+YAML_SAFE_NAMES = {
+    "safe_load",
+    "safe_load_all",
+    "safe_dump",
+    "safe_dump_all",
+    "YAMLError",
+    "MarkedYAMLError",
+    # The safe loaders themselves (the config reader subclasses one), their node types and error modules.
+    "SafeLoader",
+    "CSafeLoader",
+    "Node",
+    "ScalarNode",
+    "SequenceNode",
+    "MappingNode",
+    "constructor",
+    "reader",
+}
 
 
 def yaml_misuses(tree: ast.AST) -> list[ast.AST]:
