@@ -16,7 +16,15 @@ so configs whose step counts exceed ``2**31 - 1`` work in float32 mode. An
 integer step (Python or numpy) too large for JAX's default integer type is
 taken as a float, never wrapped around; a piecewise schedule compares integer
 steps exactly and float steps against boundaries rounded up, so a boundary a
-float type cannot represent is not moved below its value.
+float type cannot represent is not moved below its value. A concrete integer
+step (a Python int or a numpy integer array) is compared with the boundaries
+exactly on the host, at any int64 step and in float32 mode too.
+
+Steps are numbers: a boolean step (``True``, a bool array) raises
+``TypeError``. Negative steps: a schedule evaluates its formula there as
+written, so ``constant`` gives its value, ``piecewise_constant`` its first
+value, and both ramps ``learning_rate * step / num_ramp_steps``, a negative
+number; :func:`compute_lr` (and the torch schedulers) refuse negative steps.
 
 Example:
     >>> import jax.numpy as jnp
@@ -28,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -66,17 +75,39 @@ def _as_array(count: jax.typing.ArrayLike) -> jax.Array:
     instead of being truncated. Steps that are already JAX arrays or tracers
     are returned as they are.
     """
+    if isinstance(count, (bool, np.bool_)) or getattr(count, "dtype", None) == np.bool_:
+        raise TypeError(f"schedule: the step must be a number, got the boolean {_shown(count)}")
     if isinstance(count, jax.Array):
+        if not jnp.issubdtype(count.dtype, jnp.number):
+            raise TypeError(f"schedule: the step must be a number, got an array of {count.dtype}")
         return count
-    if isinstance(count, int) and not isinstance(count, bool):
+    if isinstance(count, int):
         info = np.iinfo(jax.dtypes.canonicalize_dtype(np.int64))
         return jnp.asarray(count if info.min <= count <= info.max else float(count))
     array = np.asarray(count)
+    if not np.issubdtype(array.dtype, np.number):
+        raise TypeError(f"schedule: the step must be a number, got {_shown(count)}")
     if np.issubdtype(array.dtype, np.integer):
         info = np.iinfo(jax.dtypes.canonicalize_dtype(array.dtype))
         if array.size and (array.min() < info.min or array.max() > info.max):
             array = array.astype(np.float64)
     return jnp.asarray(array)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _host_integer_step(count: Any) -> int | np.ndarray | None:
+    """``count`` when it is a concrete integer step (a Python int, a numpy integer scalar or array), else None."""
+    if isinstance(count, (bool, np.bool_, jax.Array)) or isinstance(count, jax.core.Tracer):
+        return None
+    if isinstance(count, int):
+        return count
+    if isinstance(count, (np.integer, np.ndarray)) and np.issubdtype(np.asarray(count).dtype, np.integer):
+        return np.asarray(count)
+    return None
 
 
 def _as_float(count: jax.typing.ArrayLike) -> jax.Array:
@@ -154,7 +185,18 @@ def piecewise_constant(learning_rate_boundaries: Sequence[int], learning_rate_va
     boundaries = [int(b) for b in cfg.learning_rate_boundaries or []]
     values = [float(v) for v in cfg.learning_rate_values or []]
 
+    int64_max = int(np.iinfo(np.int64).max)
+    host_edges = np.asarray([b for b in boundaries if b <= int64_max], dtype=np.int64)
+
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
+        host = _host_integer_step(count)
+        if host is not None:
+            # Exact on the host: neither a float conversion nor JAX's int32 (float32 mode) can move a boundary.
+            if isinstance(host, int):
+                index: Any = bisect.bisect_right(boundaries, host)
+            else:
+                index = np.searchsorted(host_edges, host.astype(np.int64), side="right")
+            return jnp.asarray(values, dtype=_float_dtype())[index]
         count = _as_array(count)
         if jnp.issubdtype(count.dtype, jnp.integer):
             # Exact integer comparison; boundaries beyond the step type's range are never reached.
@@ -345,12 +387,19 @@ def compute_lr(lr_config: config_lib.LearningRate, step: int) -> float:
     float64 result of the formulas in this module (see
     :func:`linear_ramp_to_cosine` for the full definition).
 
+    Integer steps are exact: a piecewise boundary is compared with the integer
+    step itself, never with a float that rounds it (steps beyond ``2**53``).
+
     Args:
         lr_config: the schedule.
-        step: the step (0 for the first update).
+        step: the step (0 for the first update), an integer >= 0.
 
     Returns:
         The learning rate.
+
+    Raises:
+        TypeError: ``step`` is a boolean, not a number, or not finite.
+        ValueError: ``step`` is negative.
 
     Example:
         >>> from functional_opt import config
@@ -360,8 +409,18 @@ def compute_lr(lr_config: config_lib.LearningRate, step: int) -> float:
     """
     if not isinstance(lr_config, config_lib.LearningRate):
         raise TypeError(f"compute_lr: expected a LearningRate config, got {type(lr_config).__name__}")
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer, float)) or not math.isfinite(step):
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer, float, np.floating)):
+        raise TypeError(f"compute_lr: step must be an integer, got {_shown(step)}")
+    if not math.isfinite(step):
         raise TypeError(f"compute_lr: step must be an integer, got {step!r}")
+    if step < 0:
+        raise ValueError(f"compute_lr: step={_shown(step)} must be >= 0 (step 0 is the first update)")
     fn = _jitted_float64(lr_config.model_dump_json())
     with jax.enable_x64(True):
+        if isinstance(step, (int, np.integer)):
+            if step <= np.iinfo(np.int64).max:
+                # An integer step stays an integer: piecewise boundaries are compared exactly at any int64 step.
+                return float(fn(jnp.asarray(step, dtype=jnp.int64)))
+            # Beyond int64: evaluated un-jitted, where a piecewise schedule compares Python ints exactly.
+            return float(schedule_from_config(lr_config)(int(step)))
         return float(fn(jnp.asarray(float(step), dtype=jnp.float64)))

@@ -16,10 +16,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pydantic
 import pytest
 
-from functional_opt import config, yaml_loading
+from functional_opt import config, schedules, yaml_loading
 from functional_opt.config_file import ConfigFileError, load_config_file
 
 GENERIC = "sgd: {lr: 0.1}\nlearning_rate: {constant: 0.1}\n"
@@ -432,3 +435,82 @@ def test_exponent_without_a_dot_reads_as_a_number(tmp_path: Path) -> None:
     assert loaded.sgd.lr == 0.001
     assert loaded.learning_rate.linear_ramp_to_constant.learning_rate == 5e-4
     assert loaded.learning_rate.linear_ramp_to_constant.num_ramp_steps == 1000
+
+
+# ----------------------------------------------------------------------------- steps
+
+ALL_KINDS = {
+    "constant": lambda: schedules.constant(0.5),
+    "piecewise_constant": lambda: schedules.piecewise_constant([10, 20], [1.0, 0.5, 0.25]),
+    "linear_ramp_to_constant": lambda: schedules.linear_ramp_to_constant(1.0, 4),
+    "linear_ramp_to_cosine": lambda: schedules.linear_ramp_to_cosine(1.0, 0.0, 2, 4),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ALL_KINDS))
+@pytest.mark.parametrize("step", [True, False, np.bool_(True), "step"], ids=["True", "False", "np.bool_", "str"])
+def test_boolean_or_text_step_is_refused(kind: str, step: object) -> None:
+    with pytest.raises(TypeError, match="the step must be a number"):
+        ALL_KINDS[kind]()(step)
+
+
+@pytest.mark.parametrize("kind", sorted(ALL_KINDS))
+def test_boolean_step_is_refused_under_jit(kind: str) -> None:
+    with pytest.raises(TypeError, match="the step must be a number, got the boolean"):
+        jax.jit(ALL_KINDS[kind]())(jnp.asarray([True, False]))
+
+
+def piecewise_config(boundary: int) -> config.LearningRate:
+    return config.LearningRate(
+        piecewise_constant={"learning_rate_boundaries": [boundary], "learning_rate_values": [1.0, 2.0]}
+    )
+
+
+@pytest.mark.parametrize("boundary", [2**53 + 1, 2**62 + 1, 2**63 - 1, 2**70 + 1])
+def test_compute_lr_is_exact_beyond_2_53(boundary: int) -> None:
+    lr = piecewise_config(boundary)
+    assert schedules.compute_lr(lr, boundary - 1) == 1.0
+    assert schedules.compute_lr(lr, boundary) == 2.0
+    assert schedules.compute_lr(lr, np.int64(min(boundary, 2**63 - 1)) - 1) == 1.0
+
+
+@pytest.mark.parametrize("x64", [False, True], ids=["float32", "float64"])
+def test_piecewise_compares_int64_steps_exactly(x64: bool) -> None:
+    boundary = 2**40
+    sched = schedules.schedule_from_config(piecewise_config(boundary))
+    with jax.enable_x64(x64):
+        assert float(sched(boundary - 1)) == 1.0
+        assert float(sched(boundary)) == 2.0
+        steps = np.asarray([0, boundary - 1, boundary, 2**63 - 1], dtype=np.int64)
+        assert np.asarray(sched(steps)).tolist() == [1.0, 1.0, 2.0, 2.0]
+        assert np.asarray(sched(steps)).dtype == (np.float64 if x64 else np.float32)
+
+
+def test_piecewise_exact_near_the_int64_limit_in_float32_mode() -> None:
+    boundary = 2**63 - 2
+    sched = schedules.piecewise_constant([5, boundary], [1.0, 2.0, 3.0])
+    with jax.enable_x64(False):
+        assert [float(sched(s)) for s in (boundary - 1, boundary, 2**63 - 1)] == [2.0, 3.0, 3.0]
+        assert float(sched(np.int64(boundary - 1))) == 2.0
+
+
+@pytest.mark.parametrize("step", [-1, -(2**40), np.int64(-3), -0.5])
+def test_compute_lr_refuses_negative_steps(step: object) -> None:
+    lr = config.LearningRate(constant=0.1)
+    with pytest.raises(ValueError, match=r"compute_lr: step=.* must be >= 0"):
+        schedules.compute_lr(lr, step)
+
+
+@pytest.mark.parametrize("step", [True, np.bool_(False), "3", None])
+def test_compute_lr_refuses_non_numbers(step: object) -> None:
+    with pytest.raises(TypeError, match="compute_lr: step must be an integer"):
+        schedules.compute_lr(config.LearningRate(constant=0.1), step)
+
+
+def test_negative_steps_in_pure_schedules_are_as_documented() -> None:
+    """The module docstring says: the formula as written (the ramps go negative)."""
+    assert "Negative steps" in schedules.__doc__
+    assert float(ALL_KINDS["constant"]()(-5)) == 0.5
+    assert float(ALL_KINDS["piecewise_constant"]()(-5)) == 1.0
+    assert float(ALL_KINDS["linear_ramp_to_constant"]()(-2)) == -0.5
+    assert float(ALL_KINDS["linear_ramp_to_cosine"]()(-1)) == -0.5

@@ -130,9 +130,9 @@ def seen_step(lr: config.LearningRate, step: int) -> int | float:
     """The step a schedule in JAX's current float type actually evaluates at.
 
     A float32 schedule rounds the step to float32 (a piecewise schedule compares
-    integer steps that fit in int32 exactly); in float64 every step used here is exact.
+    integer steps exactly, at any int64 step); in float64 every step used here is exact.
     """
-    if float_dtype() == np.float64 or (lr.piecewise_constant is not None and step <= INT32_MAX):
+    if float_dtype() == np.float64 or lr.piecewise_constant is not None:
         return step
     return float(np.float32(step))
 
