@@ -13,7 +13,7 @@ It is torchrec's own class with these changes:
   count, other shapes or dtypes, other hyper-parameters) whole, with a message
   naming each difference, before a single value is copied, and loads into a
   freshly built optimizer (the builder creates the Adam state when it builds:
-  see :func:`torch_bridge.workarounds.initialise_adam_state`).
+  see :func:`torch_bridge.workarounds.initialise_state`).
 """
 
 from __future__ import annotations

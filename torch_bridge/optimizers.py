@@ -44,6 +44,7 @@ from functional_opt import config as config_lib
 from functional_opt import schedules as schedules_lib
 from torch_bridge.schedulers import LRShim
 from torch_bridge.state_checks import guard_load_state_dict
+from torch_bridge.workarounds import initialise_state
 
 __all__ = ["ALL_PARAMS", "build_optimizer", "can_fuse_adam", "initial_lr", "learning_rate_of"]
 
@@ -159,5 +160,7 @@ def build_optimizer(
             lr_decay=algorithm.lr_decay,
             initial_accumulator_value=algorithm.initial_accumulator_value,
         )
+    # A fresh optimizer holds the state of a started one, so DCP's in-place load fills it (see workarounds).
+    initialise_state(optimizer)
     guard_load_state_dict(optimizer, entries)
     return optimizer, LRShim(optimizer, {ALL_PARAMS: learning_rate})

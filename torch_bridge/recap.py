@@ -61,7 +61,7 @@ from functional_opt import grouping
 from functional_opt.config_file import EMBEDDINGS
 from torch_bridge.optimizers import can_fuse_adam, initial_lr
 from torch_bridge.schedulers import RecapLRShim
-from torch_bridge.workarounds import fused_leaves, initialise_adam_state
+from torch_bridge.workarounds import fused_leaves, initialise_state
 
 if TYPE_CHECKING:
     from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer
@@ -138,7 +138,7 @@ def build_recap_optimizer(
                 foreach=False if tensor_lr and not use_fused else None,
             )
             # A freshly built optimizer must take a checkpoint (torchrec loads only into existing state).
-            initialise_adam_state(made)
+            initialise_state(made)
             return made
 
         optimizers.append(KeyedOptimizerWrapper(adam_params, make_adam))

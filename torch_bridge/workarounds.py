@@ -9,12 +9,13 @@ deleted here (and nowhere else) when upstream changes.
   ``backward``. A scheduler that only writes ``param_groups`` is then right for
   one loop order alone (``zero_grad`` first); the schedulers of this package
   call this after every write, so every loop order trains the same.
-* :func:`initialise_adam_state`: torch's Adam creates its state lazily at the
-  first ``step()`` and torchrec's ``KeyedOptimizer.load_state_dict`` copies a
+* :func:`initialise_state`: torch's Adam and SGD create their state lazily at
+  the first ``step()``; torchrec's ``KeyedOptimizer.load_state_dict`` copies a
   checkpoint only into state that already exists, so a freshly built keyed
   optimizer (what Lightning, the HF ``Trainer`` and DCP load into) refuses every
-  checkpoint. The state is created at build time instead, exactly as torch's
-  first step would create it.
+  checkpoint, and DCP's in-place ``load`` fills only the state that a fresh
+  ``state_dict()`` already holds. The builders create the state when they
+  build, exactly as torch's first step would create it.
 * :func:`evaluate_closure_once`: torchrec's ``CombinedOptimizer.step(closure)``
   hands the closure to every child optimizer, so a training step runs once per
   child.
@@ -34,7 +35,7 @@ import torch
 __all__ = [
     "evaluate_closure_once",
     "fused_leaves",
-    "initialise_adam_state",
+    "initialise_state",
     "keyed_from_positions",
     "optimizer_leaves",
     "set_fused_kernel_learning_rates",
@@ -86,25 +87,38 @@ def set_fused_kernel_learning_rates(leaves: Iterable[torch.optim.Optimizer]) -> 
         leaf.zero_grad()
 
 
-def initialise_adam_state(optimizer: torch.optim.Optimizer) -> None:
-    """Creates the state torch's Adam would create at its first step, for every parameter now.
+def initialise_state(optimizer: torch.optim.Optimizer) -> None:
+    """Creates now the state torch's Adam or SGD (with momentum) would create at its first step.
 
-    The entries are those of ``torch.optim.Adam._init_group`` (torch 2.13):
-    ``step`` a 0-dim zero (float32 on the parameter's device when the group is
-    fused or capturable, else on the CPU in the scalar dtype), ``exp_avg`` and
+    Adam: the entries of ``torch.optim.Adam._init_group`` (torch 2.13): ``step`` a
+    0-dim zero (float32 on the parameter's device when the group is fused or
+    capturable, else on the CPU in the scalar dtype), ``exp_avg`` and
     ``exp_avg_sq`` (and ``max_exp_avg_sq`` with ``amsgrad``) zeros like the
-    parameter. The first step then computes exactly what it computes from lazy
+    parameter. SGD with momentum: a zero ``momentum_buffer`` (torch clones the
+    first gradient into it; ``0 * momentum + grad`` is that gradient).
+    Adagrad creates its state in its constructor already; other optimizers are
+    left alone. The first step computes exactly what it computes from lazy
     state. Parameters that already have state are left alone.
 
     Example:
         >>> w = torch.nn.Parameter(torch.ones(2))
         >>> opt = torch.optim.Adam([w], lr=0.1)
-        >>> initialise_adam_state(opt)
+        >>> initialise_state(opt)
         >>> sorted(opt.state[w]), float(opt.state[w]["step"])
         (['exp_avg', 'exp_avg_sq', 'step'], 0.0)
     """
-    if not isinstance(optimizer, torch.optim.Adam):
-        raise TypeError(f"initialise_adam_state: expected a torch.optim.Adam, got {type(optimizer).__name__}")
+    if isinstance(optimizer, torch.optim.Adam):
+        _initialise_adam(optimizer)
+    elif isinstance(optimizer, torch.optim.SGD):
+        for group in optimizer.param_groups:
+            if group.get("momentum", 0):
+                for p in group["params"]:
+                    state = optimizer.state[p]
+                    if not state:
+                        state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def _initialise_adam(optimizer: torch.optim.Adam) -> None:
     scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
     for group in optimizer.param_groups:
         on_device = bool(group.get("capturable")) or bool(group.get("fused"))
