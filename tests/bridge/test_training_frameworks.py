@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_resume_clients import GENERIC, N, SMALL_EMB, Small, small_batches, small_recap_config
+from test_resume_clients import GENERIC, SMALL_EMB, N, Small, small_batches, small_recap_config
 
 import torch_bridge
 from functional_opt.schedules import compute_lr
