@@ -143,3 +143,17 @@ def test_fused_rows_follow_the_schedule_under_lightning(fused_model: nn.Module) 
     trainer.fit(Module(), loader)
     assert len(errors) == STEPS
     assert max(errors) <= 1.0, errors
+
+
+def test_every_group_is_logged_by_name_fused_embeddings_included(fused_model: nn.Module) -> None:
+    opt, sched = build_recap_optimizer(fused_model, toys.recap_config(), toys.emb_config())
+    dense = toys.dense_group_learning_rates()
+    for k, batch in enumerate(toys.make_batches(3)):
+        rates = sched.learning_rates()
+        assert list(rates) == [*dense, "embeddings"]
+        assert rates["embeddings"] == compute_lr(toys.emb_learning_rate(), k)
+        assert all(rates[name] == compute_lr(cfg, k) for name, cfg in dense.items())
+        opt.zero_grad()
+        toys.loss_fn(fused_model, batch).backward()
+        opt.step()
+        sched.step()
