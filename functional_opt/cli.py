@@ -37,13 +37,22 @@ import importlib.metadata
 import importlib.resources
 import io
 import json
-import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from functional_opt.cli_args import (
+    MAX_PLOT_STEPS,
+    MAX_TABLE_STEP,
+    figure_path,
+    plot_steps,
+    printable,
+    seed,
+    step_list,
+    train_steps,
+)
 from functional_opt.config_file import EMBEDDINGS, ConfigFileError, LoadedConfig, load_config_file, schedule_horizon
 
 __all__ = [
@@ -66,7 +75,6 @@ DEFAULT_PLOT_OUTPUT = "lr.png"
 DEFAULT_DEMO_OUTPUT = "out/demo.png"
 DEFAULT_CHECK_STEPS = 100
 DEFAULT_DEMO_STEPS = 400
-FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 class CliError(Exception):
@@ -77,44 +85,12 @@ class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line on stderr (exit code 2)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        self.exit(2, f"{self.prog}: error: {printable(message)} (see '{self.prog} --help')\n")
 
 
 def example_config_path() -> Path:
     """The example recap config shipped in the package (``functional_opt/data/example_recap.yaml``)."""
     return Path(str(importlib.resources.files("functional_opt").joinpath("data", "example_recap.yaml")))
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _step_list(text: str) -> list[int]:
-    steps = []
-    for part in text.split(","):
-        try:
-            step = int(part.strip())
-        except ValueError:
-            step = -1
-        if step < 0:
-            raise argparse.ArgumentTypeError(f"expected comma-separated non-negative integers, got {text!r}")
-        steps.append(step)
-    return steps
-
-
-def _figure_path(text: str) -> Path:
-    path = Path(text)
-    if path.suffix.lower() not in FIGURE_SUFFIXES:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: the file name must end in {', '.join(FIGURE_SUFFIXES)} (it selects the format)"
-        )
-    return path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("config", metavar="CONFIG", help="optimizer YAML file")
     plot.add_argument(
         "--steps",
-        type=_positive_int,
+        type=plot_steps,
         default=None,
         metavar="N",
         help="last step drawn (default: 1.25 x the schedules' horizon)",
@@ -147,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument(
         "-o",
         "--output",
-        type=_figure_path,
+        type=figure_path,
         default=Path(DEFAULT_PLOT_OUTPUT),
         metavar="FILE",
         help=f"PNG, SVG or PDF file to write (default: {DEFAULT_PLOT_OUTPUT})",
@@ -159,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("config", metavar="CONFIG", help="optimizer YAML file")
     table.add_argument(
         "--steps",
-        type=_step_list,
+        type=step_list,
         default=None,
         metavar="S1,S2,...",
         help="steps (default: 0, 1, powers of ten and the schedules' horizon)",
@@ -173,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", metavar="CONFIG", help="optimizer YAML file")
     check.add_argument(
         "--steps",
-        type=_positive_int,
+        type=train_steps,
         default=DEFAULT_CHECK_STEPS,
         metavar="N",
         help=f"training steps (default: {DEFAULT_CHECK_STEPS})",
@@ -181,7 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--dtype", choices=("float32", "float64"), default="float64", help="precision of both runs (default: float64)"
     )
-    check.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the data (default: 0)")
+    check.add_argument(
+        "--seed",
+        type=seed,
+        default=0,
+        metavar="S",
+        help="seed of the weights and the data, 0 .. 2**32-1",
+    )
     check.set_defaults(func=_cmd_check)
 
     demo = sub.add_parser("demo", help="train the demo model in PyTorch with a fused embedding table")
@@ -190,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--steps",
-        type=_positive_int,
+        type=train_steps,
         default=DEFAULT_DEMO_STEPS,
         metavar="N",
         help=f"training steps (default: {DEFAULT_DEMO_STEPS})",
@@ -198,15 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "-o",
         "--output",
-        type=_figure_path,
+        type=figure_path,
         default=Path(DEFAULT_DEMO_OUTPUT),
         metavar="FILE",
         help=f"learning-rate and loss plot to write (default: {DEFAULT_DEMO_OUTPUT})",
     )
     demo.add_argument(
-        "--log-every", type=_positive_int, default=None, metavar="K", help="log every K steps (default: about 10 lines)"
+        "--log-every", type=train_steps, default=None, metavar="K", help="log every K steps (default: about 10 lines)"
     )
-    demo.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the data (default: 0)")
+    demo.add_argument(
+        "--seed",
+        type=seed,
+        default=0,
+        metavar="S",
+        help="seed of the weights and the data, 0 .. 2**32-1",
+    )
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(func=_cmd_demo)
     return parser
@@ -220,11 +208,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         2 on bad input.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a bad option (already printed as one line) or --help
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return int(args.func(args))
     except (CliError, ConfigFileError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {printable(' '.join(str(exc).split()))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -240,9 +231,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def default_plot_steps(loaded: LoadedConfig) -> int:
-    """1.25 x the last step where any schedule changes shape, at least 100."""
+    """1.25 x the last step where any schedule changes shape, at least 100.
+
+    Raises:
+        CliError: that is beyond what a plot can show (:data:`~functional_opt.cli_args.MAX_PLOT_STEPS`).
+    """
     horizon = max(schedule_horizon(lr) for lr in loaded.learning_rates().values())
-    return max(100, math.ceil(1.25 * horizon))
+    steps = max(100, horizon + (horizon + 3) // 4)  # ceil(1.25 * horizon), in integers: horizons may be huge
+    if steps > MAX_PLOT_STEPS:
+        raise CliError(
+            f"{loaded.path}: the schedules change up to step {horizon}, beyond what a plot can show "
+            f"(its step axis is exact up to 2**53 = {MAX_PLOT_STEPS}); pass --steps N with N <= {MAX_PLOT_STEPS}"
+        )
+    return steps
 
 
 def check_output(path: Path) -> Path:
@@ -291,13 +292,15 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     for ax, (title, panel, first_color) in zip(axes, panels, strict=True):
         plotting.draw_learning_rates(ax, steps, panel, log_scale=args.log_scale, title=title, first_color=first_color)
     axes[-1].set_xlabel("step k (the k-th optimizer step, counted from 0, uses the value at k)")
-    heading = f"Learning-rate schedules of {loaded.path.name}"
+    heading = f"Learning-rate schedules of {plotting.plain_text(loaded.path.name)}"
     if len(panels) == 1:
         axes[0].set_title(f"{heading}: {panels[0][0]}")
     else:
         fig.suptitle(heading)
     save_figure(fig, output)
-    print(f"wrote {output} ({len(curves)} schedule{'s' if len(curves) > 1 else ''}, steps 0..{num_steps})")
+    print(
+        f"wrote {printable(str(output))} ({len(curves)} schedule{'s' if len(curves) > 1 else ''}, steps 0..{num_steps})"
+    )
     return 0
 
 
@@ -313,7 +316,7 @@ def default_table_steps(loaded: LoadedConfig) -> list[int]:
         steps.add(power)
         power *= 10
     steps.add(max(power, 1000))
-    return sorted(steps)
+    return sorted(s for s in steps if s <= MAX_TABLE_STEP)
 
 
 def _format_value(value: float) -> str:
@@ -338,7 +341,7 @@ def render_table(rows: dict[str, list[float]], steps: Sequence[int], fmt: str) -
             writer.writerow([name, *(repr(v) for v in values)])
         return buffer.getvalue().rstrip("\n")
     header = ["group", *(f"step {s}" for s in steps)]
-    body = [[name, *(_format_value(v) for v in values)] for name, values in rows.items()]
+    body = [[printable(name), *(_format_value(v) for v in values)] for name, values in rows.items()]
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
     lines = [
         "  ".join(

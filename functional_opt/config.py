@@ -42,6 +42,7 @@ from functional_opt import yaml_loading
 from functional_opt.yaml_loading import short_repr as _short
 
 __all__ = [
+    "MAX_STEP",
     "RESERVED_GROUP_NAMES",
     "AdagradConfig",
     "AdamConfig",
@@ -61,6 +62,9 @@ __all__ = [
 ]
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+MAX_STEP = 2**63 - 1
+"""Largest step count a config may give (int64: no step counter reaches further)."""
 
 RESERVED_GROUP_NAMES = ("backbone", "dense_ebc", "single_task", "embeddings")
 """Group names the library gives itself (``grouping.BACKBONE``, ``grouping.DENSE_EMBEDDINGS``,
@@ -90,14 +94,22 @@ def _strict_integer(value: Any) -> int:
     if isinstance(value, (bool, np.bool_)):
         raise ValueError(f"Input should be a valid integer, got the boolean {value!r}")
     if isinstance(value, (int, np.integer)):
-        return int(value)
+        return _within_steps(int(value))
     if isinstance(value, (float, np.floating)):
         if math.isfinite(value) and float(value).is_integer():
-            return int(value)
+            return _within_steps(int(value))
         raise ValueError(f"Input should be a valid integer, got {value!r}")
     if isinstance(value, str):
         raise ValueError(f"Input should be a valid integer, got the string {_short(value)}{_hint(value)}")
     raise ValueError(f"Input should be a valid integer, got {type(value).__name__} {_short(value)}")
+
+
+def _within_steps(value: int) -> int:
+    if abs(value) > MAX_STEP:
+        digits = len(str(abs(value)))
+        shown = str(value) if digits <= 30 else f"an integer of {digits} digits"
+        raise ValueError(f"Input should be a step count within int64 (|n| <= 2**63 - 1), got {shown}")
+    return value
 
 
 def _hint(text: str) -> str:
@@ -474,7 +486,7 @@ class MultiTaskLearningRates(BaseConfig):
         for name in value:
             problem = _check_group_name(name)
             if problem is not None:
-                raise ValueError(f"tower_learning_rates: {problem}")
+                raise ValueError(problem)
         return value
 
 

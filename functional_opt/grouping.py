@@ -8,6 +8,13 @@ no tower go to ``dense_ebc`` when their name contains ``"embedding_bags"``
 optimizer) and to ``backbone`` otherwise. With a single-task config every
 non-embedding parameter goes to ``single_task``.
 
+The rule is TML's substring match, and it has a pitfall: a tower named ``"0"``
+has the pattern ``".0."``, which ``"backbone.layers.0.weight"`` contains, so
+that backbone parameter trains with the tower's schedule. Tower names are
+therefore checked when the config is read (no reserved group name, no empty
+name, no whitespace or control characters), and a tower whose pattern captures
+an embedding table's parameters (``embedding_bags``) is an error here.
+
 JAX parameters are named by joining their pytree path with ``"."`` (dict keys,
 attribute names, sequence indices), so one model written in torch and in JAX
 gets the same names and the same groups.
@@ -131,7 +138,8 @@ def recap_groups(
         The groups.
 
     Raises:
-        ValueError: a tower matches no parameter, a parameter matches two towers,
+        ValueError: a tower matches no parameter or captures an embedding table's
+            (``embedding_bags``) parameters, a parameter matches two towers,
             a group has no learning rate (missing) or a learning rate has no group
             (extra); the message lists the names.
     """
@@ -149,6 +157,16 @@ def recap_groups(
     members: dict[str, list[str]] = {t: [] for t in towers}
     for name in names:
         members.setdefault(assign_group(name, towers, default=default), []).append(name)
+
+    captured = {t: [n for n in members[t] if EMBEDDING_MARKER in n] for t in towers}
+    captured = {t: found for t, found in captured.items() if found}
+    if captured:
+        tower, found = next(iter(captured.items()))
+        raise ValueError(
+            f"Tower {tower!r} (pattern {'.' + sanitize(tower) + '.'!r}) captures embedding-table parameters "
+            f"{found[:3]}: embedding tables train with the embedding optimizer, never with a tower's Adam; "
+            "rename the tower so that its pattern matches only its own parameters"
+        )
 
     unmatched = [t for t in towers if not members[t]]
     if unmatched:

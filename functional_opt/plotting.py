@@ -26,6 +26,7 @@ import numpy as np
 
 from functional_opt import config as config_lib
 from functional_opt import schedules
+from functional_opt.cli_args import printable
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -36,6 +37,7 @@ __all__ = [
     "draw_learning_rates",
     "lr_curves",
     "new_figure",
+    "plain_text",
     "save_figure",
 ]
 
@@ -70,6 +72,16 @@ def lr_curves(
         for label, lr in learning_rates.items():
             curves[label] = np.asarray(jax.jit(jax.vmap(schedules.schedule_from_config(lr)))(xs), dtype=np.float64)
     return steps, curves
+
+
+def plain_text(text: str) -> str:
+    """``text`` as matplotlib draws it literally: control characters escaped, ``$`` not starting math.
+
+    Example:
+        >>> print(plain_text("a$b" + chr(27)))
+        a\\$b\\x1b
+    """
+    return printable(text).replace("$", r"\$")
 
 
 def new_figure(rows: int = 1, *, width: float = 10.0, height_per_row: float = 4.5) -> tuple[Figure, list[Axes]]:
@@ -110,7 +122,7 @@ def draw_learning_rates(
         ax.plot(
             steps,
             values,
-            label=label,
+            label=plain_text(label),
             color=colors[i % len(colors)],
             linestyle=styles[i % len(styles)],
             linewidth=1.6,
@@ -120,7 +132,7 @@ def draw_learning_rates(
     ax.set_ylabel("learning rate")
     ax.grid(True, alpha=0.3)
     if title:
-        ax.set_title(title)
+        ax.set_title(plain_text(title))
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
 
 

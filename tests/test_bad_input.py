@@ -466,12 +466,21 @@ def piecewise_config(boundary: int) -> config.LearningRate:
     )
 
 
-@pytest.mark.parametrize("boundary", [2**53 + 1, 2**62 + 1, 2**63 - 1, 2**70 + 1])
+@pytest.mark.parametrize("boundary", [2**53 + 1, 2**62 + 1, 2**63 - 1])
 def test_compute_lr_is_exact_beyond_2_53(boundary: int) -> None:
     lr = piecewise_config(boundary)
     assert schedules.compute_lr(lr, boundary - 1) == 1.0
     assert schedules.compute_lr(lr, boundary) == 2.0
-    assert schedules.compute_lr(lr, np.int64(min(boundary, 2**63 - 1)) - 1) == 1.0
+    assert schedules.compute_lr(lr, np.int64(boundary) - 1) == 1.0
+    assert schedules.compute_lr(lr, 2**70) == 2.0  # beyond int64: still exact
+
+
+@pytest.mark.parametrize("count", [2**63, 10**30, "1" + "0" * 400])
+def test_step_counts_beyond_int64_are_refused(count: object) -> None:
+    value = int(count) if isinstance(count, str) else count
+    with pytest.raises(pydantic.ValidationError, match=r"num_ramp_steps\n.*step count within int64") as info:
+        config.LinearRampToConstant(learning_rate=0.1, num_ramp_steps=value)
+    assert len(str(info.value)) < 400
 
 
 @pytest.mark.parametrize("x64", [False, True], ids=["float32", "float64"])
@@ -514,3 +523,234 @@ def test_negative_steps_in_pure_schedules_are_as_documented() -> None:
     assert float(ALL_KINDS["piecewise_constant"]()(-5)) == 1.0
     assert float(ALL_KINDS["linear_ramp_to_constant"]()(-2)) == -0.5
     assert float(ALL_KINDS["linear_ramp_to_cosine"]()(-1)) == -0.5
+
+
+# ----------------------------------------------------------------------------- tower and group names
+
+
+def recap_towers(*names: str, backbone: bool = True) -> dict[str, object]:
+    multi: dict[str, object] = {"tower_learning_rates": {n: {"constant": 0.1} for n in names}}
+    if backbone:
+        multi["backbone_learning_rate"] = {"constant": 0.01}
+    return {"adam": {}, "multi_task_learning_rates": multi}
+
+
+@pytest.mark.parametrize("name", list(config.RESERVED_GROUP_NAMES))
+def test_reserved_group_names_are_refused_when_read(tmp_path: Path, name: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match=rf"tower_learning_rates\n.*tower name '{name}' is reserved"):
+        config.RecapOptimizerConfig.model_validate(recap_towers(name))
+    path = write(
+        tmp_path / "r.yaml",
+        f"adam: {{}}\nmulti_task_learning_rates:\n  tower_learning_rates:\n" f"    {name}: {{constant: 0.1}}\n",
+    )
+    message = load_error(path)
+    assert f"multi_task_learning_rates.tower_learning_rates: tower name '{name}' is reserved" in message, message
+
+
+def test_reserved_names_are_the_groups_the_library_makes() -> None:
+    from functional_opt import config_file, grouping
+
+    assert set(config.RESERVED_GROUP_NAMES) == {
+        grouping.BACKBONE,
+        grouping.DENSE_EMBEDDINGS,
+        grouping.SINGLE_TASK,
+        config_file.EMBEDDINGS,
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("", "must not be empty"),
+        (" ", "whitespace or control"),
+        ("a b", "whitespace or control"),
+        ("tab\there", "whitespace or control"),
+        ("red\x1b[31m", "whitespace or control"),
+        ("line\nbreak", "whitespace or control"),
+        ("bidi\u202eevil", "whitespace or control"),
+        ("nbsp\u00a0x", "whitespace or control"),
+    ],
+)
+def test_bad_tower_names_are_refused(name: str, fragment: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match=fragment) as info:
+        config.RecapOptimizerConfig.model_validate(recap_towers(name))
+    assert "\x1b" not in str(info.value) and "\u202e" not in str(info.value)
+
+
+def test_ordinary_tower_names_are_kept() -> None:
+    names = ("recap.engagement.is_favorited", "0", "été", "塔", "a-b", "a__b")
+    cfg = config.RecapOptimizerConfig.model_validate(recap_towers(*names))
+    assert tuple(cfg.multi_task_learning_rates.tower_learning_rates) == names
+
+
+def test_tower_capturing_embedding_tables_is_an_error_at_build_time() -> None:
+    from functional_opt import grouping
+
+    cfg = config.RecapOptimizerConfig.model_validate(recap_towers("t0"))
+    emb = config.EmbeddingOptimizerConfig(learning_rate={"constant": 0.5})
+    names = ["towers.t0.w", "backbone.w", "ebc.embedding_bags.t0.weight"]
+    with pytest.raises(
+        ValueError,
+        match=r"Tower 't0' \(pattern '\.t0\.'\) captures embedding-table parameters "
+        r"\['ebc\.embedding_bags\.t0\.weight'\]",
+    ):
+        grouping.recap_groups(names, cfg, emb)
+
+
+def test_tower_zero_captures_a_backbone_layer() -> None:
+    """The substring rule's pitfall, as the README shows it: tower "0" takes backbone.layers.0.weight."""
+    from functional_opt import grouping
+
+    cfg = config.RecapOptimizerConfig.model_validate(recap_towers("0"))
+    groups = grouping.recap_groups(["backbone.layers.0.weight", "backbone.layers.1.weight"], cfg)
+    assert {g.name: g.param_names for g in groups} == {
+        "0": ("backbone.layers.0.weight",),
+        "backbone": ("backbone.layers.1.weight",),
+    }
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    """``functional-opt ARGS`` in this process: (exit code, stdout, stderr)."""
+    from functional_opt.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> str:
+    assert code == 2, (code, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("functional-opt"), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert "\x1b" not in lines[0]
+    return lines[0]
+
+
+def example_path() -> Path:
+    from functional_opt.cli import example_config_path
+
+    return example_config_path()
+
+
+BAD_STEPS = ["0", "-1", str(10**30), "9" * 400, "ten", "1e3", "", "5" * 5000]
+
+
+@pytest.mark.parametrize("steps", BAD_STEPS, ids=["0", "-1", "1e30", "400digits", "garbage", "float", "empty", "5000"])
+@pytest.mark.parametrize("command", ["plot", "table", "check", "demo"])
+def test_bad_steps_are_one_line_exit_2_nothing_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, steps: str
+) -> None:
+    if command == "table" and steps in ("0",):
+        steps = "-1"  # step 0 is a valid table step
+    args: list[object] = [command, example_path(), "--steps", steps]
+    if command in ("plot", "demo"):
+        args += ["-o", tmp_path / "out.png"]
+    code, out, err = run_main(capsys, *args)
+    line = assert_one_line_error(code, err, "argument --steps")
+    assert len(line) < 400, line
+    assert out == "" and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["check", "demo"])
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "x"])
+def test_bad_seed_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, seed: str
+) -> None:
+    code, out, err = run_main(capsys, command, example_path(), "--seed", seed, "--steps", "2")
+    assert_one_line_error(code, err, "argument --seed: expected an integer from 0 to 2**32 - 1")
+    assert out == "" and list(tmp_path.iterdir()) == []
+
+
+def test_plot_refuses_a_horizon_beyond_what_it_can_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(
+        tmp_path / "far.yaml",
+        "sgd: {lr: 0.1}\nlearning_rate:\n"
+        "  linear_ramp_to_constant: {learning_rate: 0.1, num_ramp_steps: 9000000000000000000}\n",
+    )
+    code, out, err = run_main(capsys, "plot", path, "-o", tmp_path / "lr.png")
+    assert_one_line_error(code, err, "beyond what a plot can show", "pass --steps N")
+    assert not (tmp_path / "lr.png").exists()
+    code, out, err = run_main(capsys, "plot", path, "--steps", str(10**19), "-o", tmp_path / "lr.png")
+    assert_one_line_error(code, err, "up to 2**53")
+    assert not (tmp_path / "lr.png").exists()
+    code, out, err = run_main(capsys, "plot", path, "--steps", "1000", "-o", tmp_path / "lr.png")
+    assert code == 0 and (tmp_path / "lr.png").exists(), err
+
+
+def test_table_steps_beyond_int64_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_main(capsys, "table", example_path(), "--steps", f"0,{2**63}")
+    assert_one_line_error(code, err, "up to 2**63 - 1")
+    code, out, err = run_main(capsys, "table", example_path(), "--steps", f"0,{2**63 - 1}", "--format", "json")
+    assert code == 0 and json.loads(out)["steps"] == [0, 2**63 - 1]
+
+
+def test_check_with_tower_zero_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    path = write(
+        tmp_path / "zero.yaml",
+        """
+        adam: {}
+        multi_task_learning_rates:
+          tower_learning_rates:
+            "0": {constant: 0.1}
+            a: {constant: 0.1}
+          backbone_learning_rate: {constant: 0.01}
+        """,
+    )
+    code, out, err = run_main(capsys, "check", path, "--steps", "2")
+    assert_one_line_error(code, err, "cannot build the optimizer for the demo model", "matched multiple towers")
+
+
+def test_control_characters_in_names_are_escaped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path / "evil\x1b[2J.yaml", 'sgd: {lr: 0.1}\nlearning_rate: null\n"\\e]0;title\\a": 1\n')
+    code, out, err = run_main(capsys, "table", path)
+    line = assert_one_line_error(code, err, "evil\\x1b[2J.yaml", "\\x1b]0;title\\x07: unknown key")
+    assert "\x07" not in line
+    code, out, err = run_main(capsys, "plot", write(tmp_path / "ok.yaml", GENERIC), "-o", tmp_path / "x\x1b.png")
+    assert code == 0 and "x\\x1b.png" in out and "\x1b" not in out
+
+
+def test_csv_and_json_are_written_by_the_standard_writers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import csv
+    import io
+
+    name = "a,\"b'c"
+    path = write(
+        tmp_path / "q.yaml",
+        f"adam: {{}}\nmulti_task_learning_rates:\n  tower_learning_rates:\n    {json.dumps(name)}: {{constant: 0.5}}\n",
+    )
+    code, out, err = run_main(capsys, "table", path, "--steps", "0,7", "--format", "csv")
+    assert code == 0, err
+    assert list(csv.reader(io.StringIO(out))) == [["group", "0", "7"], [name, "0.5", "0.5"]]
+    code, out, err = run_main(capsys, "table", path, "--steps", "0,7", "--format", "json")
+    assert json.loads(out) == {"steps": [0, 7], "learning_rates": {name: [0.5, 0.5]}}
+
+
+@pytest.mark.parametrize("case", ["bomb", "dup", "deep", "binary", "directory", "env"])
+def test_bad_files_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, monkeypatch) -> None:
+    path = tmp_path / f"{case}.yaml"
+    if case == "bomb":
+        path.write_text(BILLION_LAUGHS + "\n")
+    elif case == "dup":
+        write(path, GENERIC + "sgd: {lr: 1.0}\n")
+    elif case == "deep":
+        path.write_text("sgd: " + "[" * 5000 + "]" * 5000 + "\n")
+    elif case == "binary":
+        path.write_bytes(b"\x7fELF\x02\x01\x01\x00" * 100)
+    elif case == "directory":
+        path.mkdir()
+    else:
+        monkeypatch.setenv("FO_SECRET", "hunter2\nadam: {lr: 5}")
+        write(path, "sgd: {lr: $FO_SECRET}\nlearning_rate: null\n")
+    for command in (["table", path], ["plot", path, "-o", tmp_path / "lr.png"]):
+        code, out, err = run_main(capsys, *command)
+        line = assert_one_line_error(code, err, str(path))
+        assert "hunter2" not in line and len(line) < 500, line
+        assert not (tmp_path / "lr.png").exists()

@@ -2,7 +2,7 @@
 
 hypothesis generates YAML-shaped inputs for ``LearningRate``, ``OptimizerConfig``
 and ``RecapOptimizerConfig``: valid configs with extreme values (learning
-rates up to float32's max, step counts up to 2**80, unicode and dotted tower
+rates up to float32's max, step counts up to 2**60, unicode and dotted tower
 names), the same configs with one part broken (wrong type, NaN/inf, negative
 or huge numbers, a key removed or added, an empty dict), and random YAML
 values. For each input, exactly one of:
@@ -141,11 +141,12 @@ LR_VALUES = st.one_of(
     st.floats(min_value=0.0, max_value=FLOAT32_MAX, allow_nan=False),
     st.sampled_from([0.0, 5e-324, 1e-45, 1e-8, 0.1, 1.0, FLOAT32_MAX]),
 )
+# Step counts are int64 (config.MAX_STEP): up to 2**60 here, so that sums of a few stay within it.
 STEP_COUNTS = st.one_of(
     st.integers(min_value=1, max_value=1000),
     st.integers(min_value=1, max_value=2**31),
-    st.integers(min_value=2**31, max_value=2**80),
-    st.sampled_from([1, 2, 2**24, 2**31 - 1, 2**31, 2**53 + 1, 2**63]),
+    st.integers(min_value=2**31, max_value=2**60),
+    st.sampled_from([1, 2, 2**24, 2**31 - 1, 2**31, 2**53 + 1, 2**60]),
 )
 
 
