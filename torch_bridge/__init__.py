@@ -10,6 +10,7 @@ optimizer), so plain-torch users do not pay for its import.
 
 from torch_bridge.optimizers import build_optimizer
 from torch_bridge.recap import build_recap_optimizer
-from torch_bridge.schedulers import LRShim, RecapLRShim
+from torch_bridge.recap_scheduler import RecapLRShim
+from torch_bridge.schedulers import LRShim
 
 __all__ = ["LRShim", "RecapLRShim", "build_optimizer", "build_recap_optimizer"]

@@ -28,7 +28,7 @@ param groups' names, see :class:`torch_bridge.keyed.RecapOptimizer`, which
 refuses a state of another config whole, before copying anything). Every
 param group carries its group name under ``"name"`` and starts at its
 schedule's value at step 0 (TML's placeholder 24601.0 never exists). The
-:class:`~torch_bridge.schedulers.RecapLRShim` drives the dense groups from their
+:class:`~torch_bridge.recap_scheduler.RecapLRShim` drives the dense groups from their
 schedules and every fused embedding group from
 ``emb_optimizer_config.learning_rate``.
 
@@ -60,7 +60,7 @@ from functional_opt import config as config_lib
 from functional_opt import grouping
 from functional_opt.config_file import EMBEDDINGS
 from torch_bridge.optimizers import can_fuse_adam, initial_lr
-from torch_bridge.schedulers import RecapLRShim
+from torch_bridge.recap_scheduler import RecapLRShim
 from torch_bridge.workarounds import fused_leaves, initialise_state
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def build_recap_optimizer(
 
     Returns:
         ``(optimizer, scheduler)``: a torchrec ``CombinedOptimizer`` (see the module
-        docstring for its parts) and a :class:`~torch_bridge.schedulers.RecapLRShim`.
+        docstring for its parts) and a :class:`~torch_bridge.recap_scheduler.RecapLRShim`.
 
     Raises:
         ValueError: a tower matches no parameter, a parameter matches two towers,
