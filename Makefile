@@ -32,8 +32,10 @@ docs: setup
 	$(BIN)/functional-opt plot functional_opt/data/example_recap.yaml -o docs/lr_curves.png
 
 FUZZ_EXAMPLES ?= 5000
+FUZZ_CLI_RUNS ?= 2000
 fuzz: setup
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/reliability/test_fuzz_configs.py -q
+	FUZZ_CLI_RUNS=$(FUZZ_CLI_RUNS) $(BIN)/python -m pytest tests/reliability/test_fuzz_cli.py -q -s
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py

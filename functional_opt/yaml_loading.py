@@ -42,19 +42,18 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import getpass
 import os
 import re
 import reprlib
 import stat
-import string
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pydantic
-import pydantic_core
 import yaml
+
+from functional_opt import env_substitution
+from functional_opt.env_substitution import hide_substituted_values
 
 __all__ = [
     "MAX_ALIAS_NODES",
@@ -78,9 +77,7 @@ MAX_SHOWN_CHARS = 200
 """Most characters of a value any message shows."""
 
 _STR = "tag:yaml.org,2002:str"
-_MERGE = "tag:yaml.org,2002:merge"
 _SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_VARIABLE = re.compile(string.Template.pattern.pattern, re.VERBOSE | re.IGNORECASE)
 
 
 class YamlFileError(ValueError):
@@ -133,7 +130,7 @@ def _make_loader(base: type[yaml.SafeLoader]) -> type[yaml.SafeLoader]:
             if isinstance(node, yaml.MappingNode):
                 first_line: dict[Any, int] = {}
                 for key_node, _ in node.value:
-                    if key_node.tag == _MERGE:
+                    if key_node.tag == env_substitution.MERGE_TAG:
                         continue
                     key = self.construct_object(key_node, deep=True)
                     try:
@@ -170,54 +167,6 @@ def _make_loader(base: type[yaml.SafeLoader]) -> type[yaml.SafeLoader]:
 
 
 _Loader = _make_loader(_SAFE_LOADER)
-
-
-def _environment() -> dict[str, str]:
-    env = dict(os.environ)
-    try:
-        env["USER"] = getpass.getuser()
-    except (KeyError, OSError):  # no user name anywhere: keep the environment's, if any
-        pass
-    return env
-
-
-def _substitute(text: str, env: Mapping[str, str]) -> tuple[str, tuple[str, ...]]:
-    """``string.Template(text).safe_substitute(env)`` and the names it replaced."""
-    used: list[str] = []
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group("escaped") is not None:
-            return "$"
-        name = match.group("named") or match.group("braced")
-        if name is not None and name in env:
-            used.append(name)
-            return env[name]
-        return match.group(0)
-
-    return _VARIABLE.sub(replace, text), tuple(dict.fromkeys(used))
-
-
-# "${VAR}" is no plain scalar inside a flow collection ("{lr: ${LR}}"): TML substitutes in the raw text, so
-# there it works. Before parsing, "${VAR}" becomes "$<U+2060>VAR<U+2060>" (U+2060, WORD JOINER, is neither a flow
-# indicator nor likely in a config); every scalar gets its "${VAR}" back before substitution.
-_JOINER = "\u2060"
-_PROTECTED = re.compile(r"\$\u2060([_a-z][_a-z0-9]*)\u2060", re.IGNORECASE)
-
-
-def _protect_braces(text: str) -> tuple[str, bool]:
-    """``text`` with each ``${VAR}`` written so that the parser takes it as part of a plain scalar."""
-    if "${" not in text or _JOINER in text:
-        return text, False
-
-    def protect(match: re.Match[str]) -> str:
-        braced = match.group("braced")
-        return f"${_JOINER}{braced}{_JOINER}" if braced is not None else match.group(0)
-
-    return _VARIABLE.sub(protect, text), True
-
-
-def _unprotect(value: str) -> str:
-    return _PROTECTED.sub(r"${\1}", value) if _JOINER in value else value
 
 
 def _fail(path: Path, message: str) -> YamlFileError:
@@ -318,8 +267,8 @@ def _check_and_substitute(
         if id(node) in substituted:
             return
         substituted.add(id(node))
-        node.value = _unprotect(node.value)
-        value, used = _substitute(node.value, env)
+        node.value = env_substitution.unprotect(node.value)
+        value, used = env_substitution.substitute(node.value, env)
         if value != node.value:
             node.value = value
             if not node.style:  # plain (None, or "" from libyaml): resolve its type again
@@ -365,7 +314,7 @@ def _check_and_substitute(
         if protected and type(node) is mapping_type:
             for key_node, _ in node.value:
                 if type(key_node) is scalar_type:
-                    key_node.value = _unprotect(key_node.value)
+                    key_node.value = env_substitution.unprotect(key_node.value)
         size[key] = total
         height[key] = tallest + 1
         distinct += 1 + sum(type(c) is scalar_type for c in children)
@@ -378,28 +327,6 @@ def _check_and_substitute(
             f"{MAX_ALIAS_NODES} added); refused as an alias bomb",
         )
     return changed
-
-
-def _locations(
-    root: yaml.Node, changed: Mapping[int, tuple[str, ...]], loader: yaml.SafeLoader
-) -> dict[tuple[Any, ...], tuple[str, ...]]:
-    """Every location of the nodes in ``changed`` (a node reached through aliases has several)."""
-    found: dict[tuple[Any, ...], tuple[str, ...]] = {}
-    stack: list[tuple[yaml.Node, tuple[Any, ...]]] = [(root, ())]
-    while stack and len(found) < 10_000:
-        node, where = stack.pop()
-        if id(node) in changed:
-            found[where] = changed[id(node)]
-        if isinstance(node, yaml.SequenceNode):
-            stack.extend((child, (*where, i)) for i, child in enumerate(node.value))
-        elif isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                if key_node.tag == _MERGE:
-                    merged = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
-                    stack.extend((m, where) for m in merged)
-                elif isinstance(key_node, yaml.ScalarNode):
-                    stack.append((value_node, (*where, loader.construct_object(key_node, deep=True))))
-    return found
 
 
 def read_yaml_document(yaml_path: str | os.PathLike[str]) -> YamlDocument:
@@ -416,15 +343,15 @@ def read_yaml_document(yaml_path: str | os.PathLike[str]) -> YamlDocument:
         YamlFileError: anything else that makes the file unusable as a YAML mapping.
     """
     path = Path(yaml_path)
-    text, protected = _protect_braces(_decode(path, _read_bytes(path)))
+    text, protected = env_substitution.protect_braces(_decode(path, _read_bytes(path)))
     loader = _Loader(text)
     try:
         try:
             root = loader.get_single_node()
             if root is None:
                 raise _fail(path, "expected a YAML mapping at the top level, got an empty file")
-            changed = _check_and_substitute(path, root, loader, _environment(), protected)
-            substitutions = _locations(root, changed, loader) if changed else {}
+            changed = _check_and_substitute(path, root, loader, env_substitution.environment(), protected)
+            substitutions = env_substitution.locations(root, changed, loader) if changed else {}
             data = loader.construct_document(root)
         finally:
             loader.dispose()
@@ -435,66 +362,3 @@ def read_yaml_document(yaml_path: str | os.PathLike[str]) -> YamlDocument:
     if not isinstance(data, dict):
         raise _fail(path, f"expected a YAML mapping at the top level, got {type(data).__name__}")
     return YamlDocument(path=path, data=data, substitutions=substitutions)
-
-
-def _value_at(data: Any, where: tuple[Any, ...]) -> Any:
-    for key in where:
-        try:
-            data = data[key]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return data
-
-
-def hide_substituted_values(
-    error: pydantic.ValidationError, document: YamlDocument, prefix: tuple[Any, ...] = ()
-) -> pydantic.ValidationError:
-    """``error`` with every value that came from an environment variable replaced by the variable's name.
-
-    An error located at a substituted value, or at a section holding one, gets
-    the message ``"value of $VAR: ..."`` and ``$VAR`` as its input, and every
-    spelling of the value in its message is replaced by ``$VAR``, so a
-    variable's value (a token, a path) is never printed.
-
-    Args:
-        error: the validation error of ``document.data`` (or of its section at ``prefix``).
-        document: the document validated.
-        prefix: location of the validated section in the document.
-
-    Returns:
-        ``error`` itself when no substituted value is involved, else a new error.
-    """
-    if not document.substitutions:
-        return error
-    details: list[Any] = []
-    changed = False
-    for item in error.errors(include_url=False):
-        loc = (*prefix, *item["loc"])
-        hits = {
-            where: names
-            for where, names in document.substitutions.items()
-            if where[: len(loc)] == loc or loc[: len(where)] == where
-        }
-        message = str(item["msg"])
-        value: Any = item.get("input")
-        if hits:
-            changed = True
-            names = tuple(dict.fromkeys(name for found in hits.values() for name in found))
-            shown = " ".join(f"${name}" for name in names)
-            for where in hits:
-                found = _value_at(document.data, where)
-                for spelling in {str(found), repr(found)} - {"", "None"}:
-                    message = message.replace(spelling, shown)
-            head = "Value error, " if message.startswith("Value error, ") else ""
-            message = f"{head}value of {shown}: {message.removeprefix(head)}"
-            value = shown
-        details.append(
-            {
-                "type": pydantic_core.PydanticCustomError(str(item["type"]), message),
-                "loc": item["loc"],
-                "input": value,
-            }
-        )
-    if not changed:
-        return error
-    return pydantic_core.ValidationError.from_exception_data(error.title, details)
