@@ -54,6 +54,7 @@ import pydantic
 
 from functional_opt import config as config_lib
 from functional_opt import yaml_loading
+from functional_opt.cli_args import printable
 
 __all__ = [
     "EMBEDDINGS",
@@ -137,10 +138,10 @@ class LoadedConfig:
         return rates
 
     def describe(self) -> str:
-        """One line saying what was found where, e.g. for a log header."""
+        """One line saying what was found where, e.g. for a log header (control characters escaped)."""
         where = f"'{self.optimizer_path}'" if self.optimizer_path else "the top level"
         kind = "RecapOptimizerConfig" if self.kind == "recap" else "OptimizerConfig"
-        text = f"{self.path}: {kind} at {where}"
+        text = f"{printable(str(self.path))}: {kind} at {where}"
         if self.embedding_path is not None:
             state = "with" if self.embedding_learning_rate is not None else "without"
             text += f", embedding optimizer at '{self.embedding_path}' ({state} a learning rate)"

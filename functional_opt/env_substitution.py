@@ -130,7 +130,7 @@ def hide_substituted_values(
     """``error`` with every value that came from an environment variable replaced by the variable's name.
 
     An error located at a substituted value, or at a section holding one, gets
-    the message ``"value of $VAR: ..."`` and ``$VAR`` as its input, and every
+    ``" (the value of $VAR)"`` appended and ``$VAR`` as its input, and every
     spelling of the value in its message is replaced by ``$VAR``, so a
     variable's value (a token, a path) is never printed.
 
@@ -161,10 +161,11 @@ def hide_substituted_values(
             shown = " ".join(f"${name}" for name in names)
             for where in hits:
                 found = _value_at(document.data, where)
-                for spelling in {str(found), repr(found)} - {"", "None"}:
-                    message = message.replace(spelling, shown)
-            head = "Value error, " if message.startswith("Value error, ") else ""
-            message = f"{head}value of {shown}: {message.removeprefix(head)}"
+                for spelling in sorted({str(found), repr(found)} - {"", "None"}, key=len, reverse=True):
+                    # Whole tokens only: the value "1" must not be cut out of "100".
+                    pattern = rf"(?<![\w.]){re.escape(spelling)}(?![\w.])"
+                    message = re.sub(pattern, lambda _match, text=shown: text, message)
+            message = f"{message} (the value of {shown})"
             value = shown
         details.append(
             {

@@ -300,9 +300,11 @@ def test_env_value_cannot_inject_structure(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("FO_INJECT", "0.1\nadam: {lr: 100.0}")
     path = write(tmp_path / "opt.yaml", "sgd: {lr: $FO_INJECT}\nlearning_rate: null\n")
     message = load_error(path)
-    assert message == f"{path}: sgd.lr: value of $FO_INJECT: Input should be a valid number, got the string $FO_INJECT"
+    assert message == (
+        f"{path}: sgd.lr: Input should be a valid number, got the string $FO_INJECT (the value of $FO_INJECT)"
+    )
     assert "100" not in message
-    with pytest.raises(pydantic.ValidationError, match=r"value of \$FO_INJECT") as info:
+    with pytest.raises(pydantic.ValidationError, match=r"the value of \$FO_INJECT") as info:
         config.load_config_from_yaml(config.OptimizerConfig, path)
     assert "100" not in str(info.value)
 
@@ -334,7 +336,9 @@ def test_env_ordinary_uses_keep_their_meaning(tmp_path: Path, monkeypatch: pytes
         learning_rate: {linear_ramp_to_constant: {learning_rate: "${FO_LR}", num_ramp_steps: $FO_STEPS}}
         """,
     )
-    with pytest.raises(ConfigFileError, match=r"learning_rate: value of \$FO_LR: .*valid number"):
+    with pytest.raises(
+        ConfigFileError, match=r"learning_rate: Input should be a valid number.*\(the value of \$FO_LR\)"
+    ):
         load_config_file(path)  # quoted: a string, as TML's substitution in the raw text gives
     path = write(
         tmp_path / "opt.yaml",
@@ -754,3 +758,32 @@ def test_bad_files_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture
         line = assert_one_line_error(code, err, str(path))
         assert "hunter2" not in line and len(line) < 500, line
         assert not (tmp_path / "lr.png").exists()
+
+
+def test_check_header_escapes_the_file_name(tmp_path: Path) -> None:
+    path = write(tmp_path / "bell\x07.yaml", GENERIC)
+    text = load_config_file(path).describe()
+    assert "bell\\x07.yaml" in text and "\x07" not in text
+
+
+def test_hidden_value_is_replaced_as_a_whole_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FO_RAMP", "100")
+    path = write(
+        tmp_path / "cos.yaml",
+        "sgd: {lr: 0.1}\nlearning_rate:\n  linear_ramp_to_cosine:\n"
+        "    learning_rate: 0.1\n    final_learning_rate: 0\n    num_ramp_steps: $FO_RAMP\n"
+        "    final_num_steps: 1000\n",
+    )
+    assert schedules.compute_lr(load_config_file(path).optimizer.learning_rate, 100) == 0.1
+    monkeypatch.setenv("FO_RAMP", "1")  # "1" is also in "1000": only the whole token is hidden
+    monkeypatch.setenv("FO_FINAL", "1")
+    path.write_text(path.read_text().replace("final_num_steps: 1000", "final_num_steps: $FO_FINAL"))
+    message = load_error(path)
+    assert "final_num_steps: final_num_steps=$FO_FINAL $FO_RAMP must be > num_ramp_steps=$FO_FINAL $FO_RAMP" in message
+    monkeypatch.setenv("FO_RAMP", "2000")
+    path.write_text(path.read_text().replace("$FO_FINAL", "1000"))
+    message = load_error(path)
+    assert message.endswith(
+        "linear_ramp_to_cosine.final_num_steps: final_num_steps=1000 must be > num_ramp_steps=$FO_RAMP "
+        "(the value of $FO_RAMP)"
+    ), message
