@@ -36,8 +36,6 @@ Example:
 
 from __future__ import annotations
 
-import bisect
-import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -47,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from functional_opt import config as config_lib
+from functional_opt import schedule_kinds as kinds
 
 __all__ = [
     "Schedule",
@@ -147,9 +146,7 @@ def constant(value: float) -> Schedule:
     value = _check_lr("constant", "value", value)
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
-        count = _as_array(count)
-        # `count * 0` keeps the step in the graph, so grad/vmap see a function of it.
-        return jnp.full(count.shape, value, _float_dtype()) + 0 * count.astype(_float_dtype())
+        return kinds.constant_formula(jnp, _as_float(count), value)
 
     return schedule
 
@@ -185,62 +182,30 @@ def piecewise_constant(learning_rate_boundaries: Sequence[int], learning_rate_va
     boundaries = [int(b) for b in cfg.learning_rate_boundaries or []]
     values = [float(v) for v in cfg.learning_rate_values or []]
 
-    int64_max = int(np.iinfo(np.int64).max)
-    host_edges = np.asarray([b for b in boundaries if b <= int64_max], dtype=np.int64)
+    table = np.asarray(values, dtype=np.float64)
+    host_edges = np.asarray(boundaries, dtype=np.int64)
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
         host = _host_integer_step(count)
         if host is not None:
             # Exact on the host: neither a float conversion nor JAX's int32 (float32 mode) can move a boundary.
-            if isinstance(host, int):
-                index: Any = bisect.bisect_right(boundaries, host)
-            else:
-                index = np.searchsorted(host_edges, host.astype(np.int64), side="right")
-            return jnp.asarray(values, dtype=_float_dtype())[index]
+            if isinstance(host, int) and host > kinds.INT64_MAX:
+                return jnp.asarray(values[-1], dtype=_float_dtype())  # past every (int64) boundary
+            value = kinds.piecewise_constant_formula(np, np.asarray(host, dtype=np.int64), host_edges, table)
+            return jnp.asarray(value, dtype=_float_dtype())
         count = _as_array(count)
         if jnp.issubdtype(count.dtype, jnp.integer):
             # Exact integer comparison; boundaries beyond the step type's range are never reached.
             top = int(jnp.iinfo(count.dtype).max)
-            edges = jnp.asarray([b for b in boundaries if b <= top], dtype=count.dtype)
+            kept = [b for b in boundaries if b <= top]
+            edges = jnp.asarray(kept, dtype=count.dtype)
+            rates = jnp.asarray(values[: len(kept) + 1], dtype=_float_dtype())
         else:
-            edges = jnp.asarray(_float_edges(boundaries, count.dtype))
-        index = jnp.searchsorted(edges, count, side="right")
-        table = jnp.asarray(values, dtype=_float_dtype())
-        return table[index] + 0 * count.astype(_float_dtype())
+            edges = jnp.asarray(kinds.float_edges(boundaries, count.dtype))
+            rates = jnp.asarray(values, dtype=_float_dtype())
+        return kinds.piecewise_constant_formula(jnp, count, edges, rates).astype(_float_dtype())
 
     return schedule
-
-
-def _float_edges(boundaries: Sequence[int], dtype: Any) -> np.ndarray:
-    """Each boundary rounded *up* to ``dtype``: for a float step ``x``, ``x >= edge`` iff ``x >= boundary``.
-
-    Rounding to nearest instead would move a boundary that ``dtype`` cannot
-    represent (e.g. ``2**24 + 1`` in float32) below its true value.
-    """
-    dtype = np.dtype(dtype)
-    up = np.asarray(np.inf, dtype)
-    down = np.asarray(-np.inf, dtype)
-    edges = []
-    with np.errstate(over="ignore"):  # a boundary beyond dtype's range becomes inf: never reached
-        for boundary in boundaries:
-            edge = np.asarray(float(boundary)).astype(dtype)
-            while float(edge) < boundary:
-                edge = np.nextafter(edge, up)
-            while float(np.nextafter(edge, down)) >= boundary:
-                edge = np.nextafter(edge, down)
-            edges.append(edge)
-    return np.asarray(edges, dtype=dtype)
-
-
-def _ramp_fraction(step: jax.Array, ramp: float) -> jax.Array:
-    """``min(1, step / ramp)``, exactly 1 from ``step == ramp`` on.
-
-    The learning rate is then ``learning_rate * fraction``: its peak is exactly
-    ``learning_rate`` (XLA may divide by a constant as a multiplication by its
-    rounded reciprocal, so ``ramp / ramp`` need not give 1), and a tiny
-    ``learning_rate / ramp`` (flushed to zero in float32) cannot stall the ramp at 0.
-    """
-    return jnp.where(step < ramp, jnp.minimum(step / ramp, 1.0), 1.0)
 
 
 def linear_ramp_to_constant(learning_rate: float, num_ramp_steps: int) -> Schedule:
@@ -272,8 +237,7 @@ def linear_ramp_to_constant(learning_rate: float, num_ramp_steps: int) -> Schedu
     ramp = float(num_ramp_steps)
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
-        step = _as_float(count)
-        return learning_rate * _ramp_fraction(step, ramp)
+        return kinds.linear_ramp_to_constant_formula(jnp, _as_float(count), learning_rate, ramp)
 
     return schedule
 
@@ -316,23 +280,10 @@ def linear_ramp_to_cosine(
         raise ValueError(f"{name}: final_num_steps={final_num_steps} must be > num_ramp_steps={num_ramp_steps}")
     ramp = float(num_ramp_steps)
     final = float(final_num_steps)
-    span = final - ramp
-    half_delta = (learning_rate - final_learning_rate) * 0.5
-    low, high = min(learning_rate, final_learning_rate), max(learning_rate, final_learning_rate)
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
-        step = _as_float(count)
-        # The ramp covers step == ramp too, so the peak is exactly learning_rate.
-        ramp_value = learning_rate * _ramp_fraction(step, ramp)
-        # Clipping keeps the unused branch finite, so gradients through jnp.where stay finite.
-        decay_step = jnp.clip(step, ramp, final)
-        cosine_value = final_learning_rate + half_delta * (1.0 + jnp.cos(jnp.pi * (decay_step - ramp) / span))
-        # Rounding must not take the decay outside [final_learning_rate, learning_rate].
-        cosine_value = jnp.clip(cosine_value, low, high)
-        return jnp.where(
-            step <= ramp,
-            ramp_value,
-            jnp.where(step < final, cosine_value, jnp.asarray(final_learning_rate, step.dtype)),
+        return kinds.linear_ramp_to_cosine_formula(
+            jnp, _as_float(count), learning_rate, final_learning_rate, ramp, final
         )
 
     return schedule
@@ -375,17 +326,14 @@ def schedule_from_config(lr_config: config_lib.LearningRate | Mapping[str, Any])
     return linear_ramp_to_cosine(cfg.learning_rate, cfg.final_learning_rate, cfg.num_ramp_steps, cfg.final_num_steps)
 
 
-@functools.lru_cache(maxsize=256)
-def _jitted_float64(config_json: str) -> Callable[[jax.Array], jax.Array]:
-    return jax.jit(schedule_from_config(config_lib.LearningRate.model_validate_json(config_json)))
-
-
 def compute_lr(lr_config: config_lib.LearningRate, step: int) -> float:
     """TML's ``compute_lr``: the learning rate at ``step`` as a Python float, computed in float64.
 
-    Evaluates :func:`schedule_from_config` with x64 enabled, so the value is the
-    float64 result of the formulas in this module (see
-    :func:`linear_ramp_to_cosine` for the full definition).
+    Evaluates the schedule's formula (:mod:`functional_opt.schedule_kinds`, the
+    one the JAX schedules of this module use) in numpy float64: nothing is
+    compiled, whatever the number of distinct configs, and the value is the one
+    the torch schedulers' tables hold, bit for bit (the JAX schedules agree with
+    it to about 1e-16 relative).
 
     Integer steps are exact: a piecewise boundary is compared with the integer
     step itself, never with a float that rounds it (steps beyond ``2**53``).
@@ -415,12 +363,10 @@ def compute_lr(lr_config: config_lib.LearningRate, step: int) -> float:
         raise TypeError(f"compute_lr: step must be an integer, got {step!r}")
     if step < 0:
         raise ValueError(f"compute_lr: step={_shown(step)} must be >= 0 (step 0 is the first update)")
-    fn = _jitted_float64(lr_config.model_dump_json())
-    with jax.enable_x64(True):
-        if isinstance(step, (int, np.integer)):
-            if step <= np.iinfo(np.int64).max:
-                # An integer step stays an integer: piecewise boundaries are compared exactly at any int64 step.
-                return float(fn(jnp.asarray(step, dtype=jnp.int64)))
-            # Beyond int64: evaluated un-jitted, where a piecewise schedule compares Python ints exactly.
-            return float(schedule_from_config(lr_config)(int(step)))
-        return float(fn(jnp.asarray(float(step), dtype=jnp.float64)))
+    if isinstance(step, (int, np.integer)) and step <= np.iinfo(np.int64).max:
+        # An integer step stays an integer: piecewise boundaries are compared exactly at any int64 step.
+        steps = np.asarray([step], dtype=np.int64)
+    else:
+        # Beyond int64 every boundary is passed; a float step meets boundaries rounded up.
+        steps = np.asarray([float(step)], dtype=np.float64)
+    return float(kinds.evaluate([lr_config], steps)[0, 0])

@@ -43,8 +43,8 @@ __all__ = [
 LearningRateSpec: TypeAlias = config_lib.LearningRate | Mapping[str, Any] | schedules_lib.Schedule
 """A ``LearningRate`` config, a mapping that validates as one, or any ``optax.Schedule``."""
 
-Resolved: TypeAlias = tuple[schedules_lib.Schedule, dict[str, Any]]
-"""A schedule and the JSON-able record that ``state_dict`` keeps of it."""
+Resolved: TypeAlias = tuple[config_lib.LearningRate | schedules_lib.Schedule, dict[str, Any]]
+"""A schedule (a config, evaluated as data, or a callable) and the JSON-able record ``state_dict`` keeps of it."""
 
 PROBE_STEPS = (0, 1, 2, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
 """Steps at which a callable schedule is evaluated to record (and check) it."""
@@ -108,7 +108,7 @@ def _probe(owner: str, name: str, fn: Callable[..., Any]) -> list[float]:
 
 
 def resolve(owner: str, name: str, value: Any) -> Resolved:
-    """The schedule for ``value`` and the JSON-able record kept in ``state_dict``.
+    """The schedule for ``value`` (a validated config or the callable) and the JSON-able record kept in ``state_dict``.
 
     Raises:
         ValueError: a mapping that is not a valid ``LearningRate``, or a callable
@@ -122,7 +122,7 @@ def resolve(owner: str, name: str, value: Any) -> Resolved:
         except Exception as exc:  # pydantic.ValidationError
             raise ValueError(f"{owner}: learning rate {name!r} is not a valid LearningRate: {exc}") from None
     if isinstance(value, config_lib.LearningRate):
-        return schedules_lib.schedule_from_config(value), {"config": value.model_dump(mode="json")}
+        return value, {"config": value.model_dump(mode="json")}
     if callable(value):
         return value, {
             "callable": _callable_id(value),

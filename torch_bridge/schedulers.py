@@ -50,10 +50,7 @@ Example:
 
 from __future__ import annotations
 
-import copy
-import json
 import warnings
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -90,32 +87,10 @@ BLOCK_SIZE = 2048
 # The largest step a scheduler takes: a step count is an int64 on every side.
 MAX_STEP = 2**62
 
-# Tables of config-only schedules, by their configs: a new scheduler with the same configs
-# reuses the compiled JAX function instead of compiling it again (about a second).
-_TABLE_CACHE: OrderedDict[tuple[str, ...], ScheduleTable] = OrderedDict()
-_TABLE_CACHE_SIZE = 32
-
 
 def _schedule_table(resolved: Sequence[Resolved]) -> ScheduleTable:
-    """A :class:`ScheduleTable` of one schedule per group.
-
-    For config schedules, a shallow copy of a cached table: the copy shares the
-    compiled function and fills its own block (``ScheduleTable`` rebinds its
-    rows on each fill, never mutates them), so schedulers never disturb each other.
-    """
-    schedules = [schedule for schedule, _ in resolved]
-    if any("config" not in record for _, record in resolved):
-        return ScheduleTable(schedules, block_size=BLOCK_SIZE)
-    key = tuple(json.dumps(record, sort_keys=True) for _, record in resolved)
-    prototype = _TABLE_CACHE.get(key)
-    if prototype is None:
-        prototype = ScheduleTable(schedules, block_size=BLOCK_SIZE)
-        _TABLE_CACHE[key] = prototype
-        while len(_TABLE_CACHE) > _TABLE_CACHE_SIZE:
-            _TABLE_CACHE.popitem(last=False)
-    else:
-        _TABLE_CACHE.move_to_end(key)
-    return copy.copy(prototype)
+    """A :class:`ScheduleTable` of one schedule per group (configs are evaluated as data: nothing compiles)."""
+    return ScheduleTable([schedule for schedule, _ in resolved], block_size=BLOCK_SIZE)
 
 
 def param_keys(optimizer: Optimizer) -> dict[int, str]:
