@@ -305,11 +305,16 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
-    from functional_opt import schedules
+    import numpy as np
+
+    from functional_opt import schedule_kinds
 
     loaded = load_config_file(args.config)
     steps = args.steps if args.steps is not None else default_table_steps(loaded)
-    rows = {name: [schedules.compute_lr(lr, s) for s in steps] for name, lr in loaded.learning_rates().items()}
+    learning_rates = loaded.learning_rates()
+    # One evaluation as data for every schedule (one per kind in use), as compute_lr computes each value.
+    values = schedule_kinds.evaluate(list(learning_rates.values()), np.asarray(steps, dtype=np.int64))
+    rows = {name: values[:, i].tolist() for i, name in enumerate(learning_rates)}
     print(render_table(rows, steps, args.format))
     return 0
 

@@ -41,8 +41,9 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import jax
@@ -93,7 +94,27 @@ def assign_group(param_name: str, towers: Sequence[str], *, default: str = BACKB
         >>> assign_group("model.embedding_bags.t.weight", ["a.b"])
         'dense_ebc'
     """
-    matches = [t for t in towers if f".{sanitize(t)}." in param_name]
+    return _assign(param_name, _tower_index(towers), default)
+
+
+def _tower_index(towers: Sequence[str]) -> dict[str, list[tuple[int, str]]]:
+    """``sanitize(tower) -> [(position, tower), ...]``: the towers by the name component they match."""
+    index: dict[str, list[tuple[int, str]]] = {}
+    for position, tower in enumerate(towers):
+        index.setdefault(sanitize(tower), []).append((position, tower))
+    return index
+
+
+def _assign(param_name: str, index: Mapping[str, list[tuple[int, str]]], default: str) -> str:
+    """TML's rule: tower ``t`` when ``"." + sanitize(t) + "."`` is in the name.
+
+    A sanitized name holds no ``"."``, so that substring occurs exactly when
+    ``sanitize(t)`` is one of the name's interior dot-separated components: a
+    set lookup per component instead of a scan of every tower.
+    """
+    components = param_name.split(".")[1:-1]
+    found = sorted({hit for c in components for hit in index.get(c, ())})
+    matches = [tower for _, tower in found]
     if len(matches) > 1:
         raise ValueError(f"Parameter {param_name!r} matched multiple towers: {matches}")
     if matches:
@@ -144,7 +165,7 @@ def recap_groups(
             (extra); the message lists the names.
     """
     names = list(param_names)
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    duplicates = sorted(n for n, count in collections.Counter(names).items() if count > 1)
     if duplicates:
         raise ValueError(f"recap_groups: duplicate parameter names {duplicates}")
     multi = recap_config.multi_task_learning_rates
@@ -155,8 +176,9 @@ def recap_groups(
         raise ValueError(f"tower_learning_rates: tower names {reserved} are reserved for built-in groups")
 
     members: dict[str, list[str]] = {t: [] for t in towers}
+    index = _tower_index(towers)
     for name in names:
-        members.setdefault(assign_group(name, towers, default=default), []).append(name)
+        members.setdefault(_assign(name, index, default), []).append(name)
 
     captured = {t: [n for n in members[t] if EMBEDDING_MARKER in n] for t in towers}
     captured = {t: found for t, found in captured.items() if found}

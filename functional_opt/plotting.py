@@ -20,12 +20,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from functional_opt import config as config_lib
-from functional_opt import schedules
+from functional_opt import schedule_kinds
 from functional_opt.cli_args import printable
 
 if TYPE_CHECKING:
@@ -66,12 +64,9 @@ def lr_curves(
         s + d for lr in learning_rates.values() for s in lr.breakpoints for d in (-1, 0) if 0 <= s + d <= num_steps
     ]
     steps = np.unique(np.concatenate([grid, np.asarray(extra, dtype=np.int64)]))
-    curves: dict[str, np.ndarray] = {}
-    with jax.enable_x64(True):
-        xs = jnp.asarray(steps, dtype=jnp.int64)
-        for label, lr in learning_rates.items():
-            curves[label] = np.asarray(jax.jit(jax.vmap(schedules.schedule_from_config(lr)))(xs), dtype=np.float64)
-    return steps, curves
+    # All schedules in one evaluation as data (one per kind in use): nothing compiles per schedule.
+    values = schedule_kinds.evaluate(list(learning_rates.values()), steps)
+    return steps, {label: values[:, i] for i, label in enumerate(learning_rates)}
 
 
 def plain_text(text: str) -> str:

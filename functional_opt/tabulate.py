@@ -35,6 +35,9 @@ from functional_opt.schedules import Schedule
 
 __all__ = ["ScheduleTable"]
 
+_MAX_BLOCK_VALUES = 1 << 18
+_MIN_BLOCK = 16
+
 
 class ScheduleTable:
     """Row ``k`` is ``[schedule(k) for schedule in schedules]``, in float64.
@@ -42,7 +45,9 @@ class ScheduleTable:
     Args:
         schedules: ``LearningRate`` configs and any ``optax.Schedule`` (callables
             that cannot be jitted or vmapped are evaluated one step at a time).
-        block_size: number of steps evaluated per fill.
+        block_size: number of steps evaluated per fill, at most: a block holds at
+            most about ``2**18`` values (2 MiB of floats, 8 MiB as Python floats),
+            so with many schedules it covers fewer steps (never fewer than 16).
 
     Raises:
         ValueError: no schedules or a non-positive ``block_size``.
@@ -60,7 +65,7 @@ class ScheduleTable:
         self._configs = [(i, s) for i, s in enumerate(schedules) if isinstance(s, config_lib.LearningRate)]
         self._callables = [(i, s) for i, s in enumerate(schedules) if not isinstance(s, config_lib.LearningRate)]
         self._size = len(schedules)
-        self.block_size = int(block_size)
+        self.block_size = min(int(block_size), max(_MIN_BLOCK, _MAX_BLOCK_VALUES // len(schedules)))
         self._start = 0
         self._rows: list[list[float]] = []
         functions = [fn for _, fn in self._callables]
@@ -82,7 +87,7 @@ class ScheduleTable:
         return self._rows[0]
 
     def _fill(self, start: int) -> None:
-        length = self.block_size if self._batched is not None or not self._callables else 1
+        length = self._block_length()
         steps = np.arange(start, start + length, dtype=np.int64)
         values = np.empty((length, self._size), dtype=np.float64)
         if self._configs:
