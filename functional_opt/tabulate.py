@@ -37,6 +37,7 @@ __all__ = ["ScheduleTable"]
 
 _MAX_BLOCK_VALUES = 1 << 18
 _MIN_BLOCK = 16
+_FIRST_BLOCK = 64
 
 
 class ScheduleTable:
@@ -87,14 +88,15 @@ class ScheduleTable:
         return self._rows[0]
 
     def _fill(self, start: int) -> None:
-        length = self._block_length()
+        # The first fill is short (a scheduler is often built and stepped a few times only); later ones full.
+        length = self._block_length() if self._rows else min(_FIRST_BLOCK, self._block_length())
         steps = np.arange(start, start + length, dtype=np.int64)
         values = np.empty((length, self._size), dtype=np.float64)
         if self._configs:
             values[:, [i for i, _ in self._configs]] = schedule_kinds.evaluate([c for _, c in self._configs], steps)
         if self._callables:
             values[:, [i for i, _ in self._callables]] = self._callable_values(steps)
-        self._start, self._rows = start, values[: self._block_length()].tolist()
+        self._start, self._rows = start, values[: min(length, self._block_length())].tolist()
 
     def _block_length(self) -> int:
         return self.block_size if self._batched is not None or not self._callables else 1

@@ -90,19 +90,25 @@ def can_fuse_adam(params: Iterable[torch.Tensor]) -> bool:
 
 
 def initial_lr(
-    learning_rate: config_lib.LearningRate, params: list[torch.Tensor], tensor_lr: bool
+    learning_rate: config_lib.LearningRate,
+    params: list[torch.Tensor],
+    tensor_lr: bool,
+    value: float | None = None,
 ) -> float | torch.Tensor:
     """A param group's starting ``"lr"``: the schedule's value at step 0, a float or a 0-dim tensor.
 
     The tensor is float64 (the scheduler's values are float64) and lies on the
     device of ``params[0]``, where a compiled or CUDA-graph-captured step reads it.
+    ``value``, when given, is that step-0 value already computed (builders
+    compute every group's in one evaluation).
 
     Example:
         >>> from functional_opt import config
         >>> initial_lr(config.LearningRate(constant=0.5), [torch.zeros(1)], tensor_lr=True)
         tensor(0.5000, dtype=torch.float64)
     """
-    value = schedules_lib.compute_lr(learning_rate, 0)
+    if value is None:
+        value = schedules_lib.compute_lr(learning_rate, 0)
     if not tensor_lr:
         return value
     device = params[0].device if params else torch.device("cpu")

@@ -54,10 +54,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from functional_opt import config as config_lib
-from functional_opt import grouping
+from functional_opt import grouping, schedule_kinds
 from functional_opt.config_file import EMBEDDINGS
 from torch_bridge.optimizers import can_fuse_adam, initial_lr
 from torch_bridge.recap_scheduler import RecapLRShim
@@ -119,11 +120,14 @@ def build_recap_optimizer(
     emb_learning_rate = _embedding_learning_rate(fused, emb_optimizer_config)
 
     groups = grouping.recap_groups(list(named), recap_config, emb_optimizer_config)
+    # Every group's step-0 rate in one evaluation as data.
+    values = schedule_kinds.evaluate([g.learning_rate for g in groups], np.zeros(1, dtype=np.int64))[0]
+    starts = {g.name: float(v) for g, v in zip(groups, values, strict=True)}
     optimizers: list[KeyedOptimizer] = []
     adam_groups = [g for g in groups if g.algorithm == "adam"]
     if adam_groups:
         adam_params = {n: named[n] for g in adam_groups for n in g.param_names}
-        adam_param_groups = [_torch_group(g, named, tensor_lr) for g in adam_groups]
+        adam_param_groups = [_torch_group(g, named, tensor_lr, starts[g.name]) for g in adam_groups]
         adam = recap_config.adam
         use_fused = can_fuse_adam(adam_params.values())
 
@@ -144,7 +148,7 @@ def build_recap_optimizer(
         optimizers.append(KeyedOptimizerWrapper(adam_params, make_adam))
     for group in (g for g in groups if g.algorithm == "sgd"):
         sgd_params = {n: named[n] for n in group.param_names}
-        sgd_param_groups = [_torch_group(group, named, tensor_lr)]
+        sgd_param_groups = [_torch_group(group, named, tensor_lr, starts[group.name])]
 
         def make_sgd(_: Any, param_groups: list[dict[str, Any]] = sgd_param_groups) -> torch.optim.Optimizer:
             return torch.optim.SGD(param_groups, momentum=0.0, dampening=0.0, maximize=False)
@@ -161,10 +165,12 @@ def build_recap_optimizer(
     return optimizer, RecapLRShim(optimizer, lr_dict, emb_learning_rate)
 
 
-def _torch_group(group: grouping.ParamGroup, named: Mapping[str, torch.Tensor], tensor_lr: bool) -> dict[str, Any]:
-    """A torch param group for ``group``, named and at its schedule's step-0 value (a float or a tensor)."""
+def _torch_group(
+    group: grouping.ParamGroup, named: Mapping[str, torch.Tensor], tensor_lr: bool, start: float
+) -> dict[str, Any]:
+    """A torch param group for ``group``, named and at its schedule's step-0 value ``start`` (a float or a tensor)."""
     params = [named[n] for n in group.param_names]
-    return {"params": params, "lr": initial_lr(group.learning_rate, params, tensor_lr), "name": group.name}
+    return {"params": params, "lr": initial_lr(group.learning_rate, params, tensor_lr, start), "name": group.name}
 
 
 def _name_fused_groups(fused: KeyedOptimizer) -> None:
