@@ -44,6 +44,7 @@ __all__ = ["check_state", "group_learning_rates", "learning_rate"]
 _LIBRARY_STATES = (torch_rules.TorchAdamState, torch_rules.TorchAdagradState, torch_rules.ScaleByLearningRateState)
 _INJECT_STATES = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
 _RECORD = "built_from"
+_LAYOUT = "recap_layout"
 
 
 def _holds_library_state(tree: Any) -> bool:
@@ -189,6 +190,31 @@ def _records(opt_state: Any) -> dict[tuple[str, ...], dict[str, np.ndarray]]:
     return out
 
 
+def _layouts(opt_state: Any) -> dict[tuple[str, ...], int]:
+    """``{path of a recap state: its layout version}``, typed or restored as plain dicts."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
+        names = tuple(grouping.path_to_name((key,)) for key in path)
+        if names and names[-1] == _LAYOUT:
+            out[names[:-1]] = int(np.asarray(_value(leaf)))
+    return out
+
+
+def _check_layouts(opt_state: Any, fresh_state: Any) -> None:
+    """Refuses a recap state saved in another layout than the live optimizer's, saying which."""
+    saved = _layouts(opt_state)
+    for where, version in _layouts(fresh_state).items():
+        found = saved.get(where)
+        if found != version:
+            old = "the earlier layout (1: an optax.partition holding one masked copy of the parameter tree per group)"
+            raise ValueError(
+                f"check_state: the saved recap optimizer state at {'.'.join(where) or '(top level)'} has "
+                f"{old if found is None else f'layout {found}'}, the live optimizer layout {version} (each group's "
+                "own leaves); this version cannot resume it: start from tx.init(params), or resume with the version "
+                "that saved it"
+            )
+
+
 def _where(names: tuple[str, ...]) -> str:
     """A record's place: its group (the labels after ``inner_states``) and its path."""
     path = ".".join(names) or "(top level)"
@@ -229,6 +255,8 @@ def check_state(opt_state: optax.OptState, fresh_state: optax.OptState) -> None:
         ValueError: the states hold different groups, or a group's
             hyper-parameter or learning rate differs; the message names the
             group's path, the field, the saved value and the configured one.
+            Also a recap optimizer state of another layout
+            (:data:`functional_opt.recap_rules.RECAP_LAYOUT`) than the live one.
 
     Example:
         >>> import jax.numpy as jnp
@@ -247,6 +275,7 @@ def check_state(opt_state: optax.OptState, fresh_state: optax.OptState) -> None:
             "check_state: fresh_state holds no state of this library's optimizers; pass tx.init(params) of the "
             "live optimizer"
         )
+    _check_layouts(opt_state, fresh_state)
     problems = []
     if set(saved) != set(configured):
         only_saved = [_where(w) for w in sorted(set(saved) - set(configured))]

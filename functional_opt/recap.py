@@ -1,4 +1,4 @@
-"""The recap (multi-task) optimizer on a params pytree: one torch-rule optimizer per group.
+"""The recap (multi-task) optimizer on a params pytree: torch's rules, one schedule per group.
 
 Parameters are named by their pytree path joined with ``"."`` and grouped by
 :func:`functional_opt.grouping.recap_groups` (towers, ``backbone`` or
@@ -23,23 +23,15 @@ same (it takes the module's ``nnx.Param`` state).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import optax
 
 from functional_opt import config as config_lib
-from functional_opt import grouping, schedules, torch_rules
+from functional_opt import grouping, recap_rules
 
 __all__ = ["build_recap_optimizer", "recap_labels"]
-
-
-def _flax_variable(node: Any) -> bool:
-    """Whether ``node`` is a flax ``nnx.Variable`` (only possible once flax is imported)."""
-    nnx = sys.modules.get("flax.nnx")
-    variable = getattr(nnx, "Variable", None)
-    return variable is not None and isinstance(node, variable)
 
 
 def _params_of(params: Any) -> Any:
@@ -52,7 +44,7 @@ def _params_of(params: Any) -> Any:
 
 def _named(tree: Any) -> tuple[list[str], Any]:
     """The names of a params pytree's parameters (a flax variable is one parameter) and its treedef."""
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_flax_variable)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=recap_rules._flax_variable)
     return [grouping.path_to_name(path) for path, _ in leaves], treedef
 
 
@@ -95,30 +87,6 @@ def recap_labels(
     return groups, jax.tree_util.tree_unflatten(treedef, [group_of[name] for name in names])
 
 
-def _labeller(group_of: dict[str, str]) -> Callable[[Any], Any]:
-    """The group-name pytree of any tree whose parameters the optimizer was built for.
-
-    ``optax.partition`` calls it on ``init``'s params and ``update``'s
-    updates, so one optimizer serves both the tree it was built from and the
-    same parameters with another wrapping (``nnx.Optimizer`` initialises with
-    flax variables and updates with plain arrays).
-    """
-
-    def labels(tree: Any) -> Any:
-        names, treedef = _named(tree)
-        unknown = [name for name in names if name not in group_of]
-        if unknown:
-            raise ValueError(
-                f"build_recap_optimizer: the optimizer was built for other parameters; unknown names {unknown[:5]}"
-                f"{' ...' if len(unknown) > 5 else ''} (it knows e.g. {sorted(group_of)[:3]}). Build it from the "
-                "tree you pass to init and update; with flax nnx, build_recap_optimizer(nnx.state(model, wrt), ...) "
-                "with the wrt of nnx.Optimizer(model, tx, wrt=...)"
-            )
-        return jax.tree_util.tree_unflatten(treedef, [group_of[name] for name in names])
-
-    return labels
-
-
 def build_recap_optimizer(
     params: optax.Params,
     recap_config: config_lib.RecapOptimizerConfig,
@@ -128,15 +96,19 @@ def build_recap_optimizer(
 
     Groups come from :func:`functional_opt.grouping.recap_groups` on the names
     of the leaves (pytree path joined with ``"."``): each tower, ``backbone``
-    (or ``single_task``) gets :func:`~functional_opt.torch_rules.torch_adam`
-    with ``recap_config.adam`` and the group's own schedule; ``dense_ebc``
-    (embedding tables that are not fused) gets
-    :func:`~functional_opt.torch_rules.torch_sgd` without momentum and the
-    embedding learning rate. The groups are combined with ``optax.partition``,
-    whose labels are computed from the names of the tree it is given, so
-    ``init`` and ``update`` accept these parameters in any wrapping (plain
-    dicts, an ``nnx.State`` of variables or of arrays). The state's
-    ``inner_states`` are keyed by group name and
+    (or ``single_task``) gets torch's Adam
+    (:func:`~functional_opt.torch_rules.torch_adam`'s rule) with
+    ``recap_config.adam`` and the group's own schedule; ``dense_ebc``
+    (embedding tables that are not fused) gets plain SGD
+    (:func:`~functional_opt.torch_rules.torch_sgd`'s rule) at the embedding
+    learning rate. All groups are one transformation
+    (:func:`functional_opt.recap_rules.grouped_torch_rules`): each update
+    evaluates every group's rate with one vectorised call per kind of schedule
+    and applies it per leaf, so its trace and compile time do not grow with
+    the number of groups beyond what the per-leaf updates cost. Leaves are
+    matched by name, so ``init`` and ``update`` accept these parameters in any
+    wrapping (plain dicts, an ``nnx.State`` of variables or of arrays). The
+    state's ``inner_states`` are keyed by group name and
     :func:`~functional_opt.opt_state.group_learning_rates` reads each group's
     last rate.
 
@@ -176,12 +148,4 @@ def build_recap_optimizer(
     names, _ = _named(params)
     groups = grouping.recap_groups(names, recap_config, emb_optimizer_config)
     adam = recap_config.adam
-    transforms: dict[str, optax.GradientTransformation] = {}
-    for group in groups:
-        schedule = schedules.schedule_from_config(group.learning_rate)
-        if group.algorithm == "sgd":
-            transforms[group.name] = torch_rules.torch_sgd(schedule)
-        else:
-            transforms[group.name] = torch_rules.torch_adam(schedule, b1=adam.beta_1, b2=adam.beta_2, eps=adam.epsilon)
-    group_of = {name: group.name for group in groups for name in group.param_names}
-    return optax.partition(transforms, _labeller(group_of))
+    return recap_rules.grouped_torch_rules(groups, b1=adam.beta_1, b2=adam.beta_2, eps=adam.epsilon)

@@ -231,6 +231,34 @@ def _bias_correction(beta: HyperParameter, step: jax.Array) -> jax.Array:
     return -jnp.expm1(step * math.log(beta))
 
 
+def _adam_corrections(b1: HyperParameter, b2: HyperParameter, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """torch Adam's ``1 - b1**t`` and ``sqrt(1 - b2**t)`` at the float step ``t`` (the count after the update)."""
+    return _bias_correction(b1, step), _bias_correction(b2, step) ** 0.5
+
+
+def _adam_first_moment(g: jax.Array, m: jax.Array, b1: HyperParameter) -> jax.Array:
+    """torch Adam's ``m.lerp_(g, 1 - b1)`` for one leaf."""
+    return _lerp(m, g, 1 - b1)
+
+
+def _adam_second_moment(g: jax.Array, v: jax.Array, b2: HyperParameter) -> jax.Array:
+    """torch Adam's ``v.mul_(b2).addcmul_(g, g, value=1 - b2)`` for one leaf."""
+    return v * _like(b2, v) + (1 - _like(b2, v)) * g * g
+
+
+def _adam_step(
+    m: jax.Array, v: jax.Array, step_size: jax.Array, bias_correction2_sqrt: jax.Array, eps: HyperParameter
+) -> jax.Array:
+    """torch Adam's step for one leaf: ``(-step_size * m) / (sqrt(v) / sqrt(1 - b2**t) + eps)``."""
+    denom = jnp.sqrt(v) / bias_correction2_sqrt.astype(v.dtype) + _like(eps, v)
+    return (-step_size.astype(m.dtype) * m) / denom
+
+
+def _sgd_step(g: jax.Array, lr: jax.Array) -> jax.Array:
+    """The scaled SGD step for one leaf: ``-lr * g``."""
+    return -lr.astype(g.dtype) * g
+
+
 def torch_adam(
     learning_rate: LearningRateLike,
     b1: HyperParameter = 0.9,
@@ -297,19 +325,11 @@ def torch_adam(
         del params
         lr = _lr_at(schedule, state.count)
         count = optax.safe_increment(state.count)
-        step = count.astype(lr.dtype)
-        bias_correction1 = _bias_correction(b1, step)
-        bias_correction2 = _bias_correction(b2, step)
+        bias_correction1, bias_correction2_sqrt = _adam_corrections(b1, b2, count.astype(lr.dtype))
         step_size = lr / bias_correction1
-        bias_correction2_sqrt = bias_correction2**0.5
-        mu = jax.tree.map(lambda g, m: _lerp(m, g, 1 - b1), updates, state.mu)
-        nu = jax.tree.map(lambda g, v: v * _like(b2, v) + (1 - _like(b2, v)) * g * g, updates, state.nu)
-
-        def step_of(m: jax.Array, v: jax.Array) -> jax.Array:
-            denom = jnp.sqrt(v) / bias_correction2_sqrt.astype(v.dtype) + _like(eps, v)
-            return (-step_size.astype(m.dtype) * m) / denom
-
-        new_updates = jax.tree.map(step_of, mu, nu)
+        mu = jax.tree.map(lambda g, m: _adam_first_moment(g, m, b1), updates, state.mu)
+        nu = jax.tree.map(lambda g, v: _adam_second_moment(g, v, b2), updates, state.nu)
+        new_updates = jax.tree.map(lambda m, v: _adam_step(m, v, step_size, bias_correction2_sqrt, eps), mu, nu)
         return new_updates, state._replace(count=count, learning_rate=lr, mu=mu, nu=nu)
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -414,7 +434,7 @@ def _scale(
     ) -> tuple[optax.Updates, ScaleByLearningRateState]:
         del params
         lr = _lr_at(schedule, state.count)
-        new_updates = jax.tree.map(lambda g: -lr.astype(g.dtype) * g, updates)
+        new_updates = jax.tree.map(lambda g: _sgd_step(g, lr), updates)
         return new_updates, state._replace(count=optax.safe_increment(state.count), learning_rate=lr)
 
     return optax.GradientTransformation(init_fn, update_fn)
