@@ -32,12 +32,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FIGURE_FORMATS",
+    "MAX_LABELLED_CURVES",
     "draw_learning_rates",
     "lr_curves",
     "new_figure",
     "plain_text",
     "save_figure",
 ]
+
+_TOTAL_POINTS = 160_000
+_MIN_POINTS = 256
+
+MAX_LABELLED_CURVES = 40
+"""Beyond this many schedules in one panel, the lines are drawn as one collection with one legend entry."""
 
 FIGURE_FORMATS = ("png", "svg", "pdf")
 """File formats :func:`save_figure` writes, chosen by the file's suffix."""
@@ -48,8 +55,10 @@ def lr_curves(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Every schedule evaluated in float64 on steps ``0 .. num_steps``.
 
-    At most ``max_points`` evenly spread steps are used, plus every breakpoint
-    in range and the step before each (so ramps and jumps are drawn sharp).
+    At most ``max_points`` evenly spread steps are used (fewer with many
+    schedules: about 160,000 points in all, at least 256 per schedule), plus
+    every breakpoint in range and the step before each (so ramps and jumps
+    are drawn sharp).
 
     Args:
         learning_rates: label -> schedule config.
@@ -59,6 +68,8 @@ def lr_curves(
     Returns:
         ``(steps, {label: values})``, steps as int64 and values as float64 arrays.
     """
+    # Many schedules share the points (a few hundred each, breakpoints kept): the figure stays quick to draw.
+    max_points = min(max_points, max(_MIN_POINTS, _TOTAL_POINTS // max(1, len(learning_rates))))
     grid = np.unique(np.linspace(0, num_steps, min(num_steps + 1, max_points)).round().astype(np.int64))
     extra = [
         s + d for lr in learning_rates.values() for s in lr.breakpoints for d in (-1, 0) if 0 <= s + d <= num_steps
@@ -101,6 +112,9 @@ def draw_learning_rates(
 ) -> None:
     """Draws one line per schedule on ``ax``, labelled, with the legend to the right.
 
+    Beyond :data:`MAX_LABELLED_CURVES` schedules the lines are one collection
+    in one colour, with one legend entry ("N groups").
+
     Args:
         ax: the axes.
         steps: x values.
@@ -113,7 +127,23 @@ def draw_learning_rates(
 
     colors: Any = matplotlib.colormaps["tab10" if first_color + len(curves) <= 10 else "tab20"].colors
     styles = ("-", "--", "-.", ":")
-    for i, (label, values) in enumerate(curves.items(), start=first_color):
+    if len(curves) > MAX_LABELLED_CURVES:
+        # One artist for all the lines, one legend entry: thousands of labelled lines take minutes to draw.
+        from matplotlib.collections import LineCollection
+
+        x = np.asarray(steps, dtype=np.float64)
+        lines = []
+        for values in curves.values():
+            y = np.asarray(values, dtype=np.float64)
+            lines.append(np.column_stack([x, np.where(y > 0, y, np.nan) if log_scale else y]))
+        color = colors[first_color % len(colors)]
+        ax.add_collection(
+            LineCollection(lines, colors=[color], linewidths=0.8, alpha=0.4, label=f"{len(curves)} groups")
+        )
+        ax.autoscale_view()
+    for i, (label, values) in enumerate(
+        curves.items() if len(curves) <= MAX_LABELLED_CURVES else (), start=first_color
+    ):
         ax.plot(
             steps,
             values,
