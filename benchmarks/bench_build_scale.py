@@ -225,11 +225,15 @@ def compilations(towers: int = 1000, steps: int = 5000) -> dict[str, int]:
 
 def run(quick: bool = False) -> dict[str, Any]:
     """Every measurement of this module (``quick``: small sizes, for a smoke run)."""
+    cli_towers, compilation_towers, compilation_steps = (100, 12, 100) if quick else (10_000, 1000, 5000)
     return {
-        "build": build((1, 12) if quick else TOWERS, repeats=1 if quick else 3),
+        "build": build((1,) if quick else TOWERS, repeats=1 if quick else 3),
         "schedulers": schedulers((100,) if quick else GROUPS, steps=300 if quick else 3000),
-        "cli": cli(100 if quick else 10_000),
-        "compilations": compilations(12 if quick else 1000, 100 if quick else 5000),
+        "cli": cli(cli_towers),
+        "cli_towers": cli_towers,
+        "compilations": compilations(compilation_towers, compilation_steps),
+        "compilation_towers": compilation_towers,
+        "compilation_steps": compilation_steps,
     }
 
 
