@@ -100,24 +100,25 @@ BILLION_LAUGHS = "\n".join(
 )
 
 MEASURE = """
-import json, resource, sys, time
+import json, resource, sys
 from functional_opt import config_file
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-start = time.perf_counter()
 try:
     config_file.load_config_file(sys.argv[1])
     outcome = "loaded"
 except config_file.ConfigFileError as exc:
     outcome = str(exc)
-seconds = time.perf_counter() - start
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 added = (after - before) / 1024
-print(json.dumps({"outcome": outcome, "seconds": seconds, "peak_mib": after / 1024, "added_mib": added}))
+print(json.dumps({"outcome": outcome, "peak_mib": after / 1024, "added_mib": added}))
 """
 
 
 def measure_load(path: Path, timeout: float = 120) -> dict[str, object]:
-    """Loads ``path`` in a fresh interpreter; returns its outcome, time and peak memory (printed for the record)."""
+    """Loads ``path`` in a fresh interpreter; returns its outcome and peak memory (printed for the record).
+
+    The time of these loads is measured by ``benchmarks/bench_yaml.py``, as a ratio.
+    """
     result = subprocess.run(
         [sys.executable, "-c", MEASURE, str(path)], capture_output=True, text=True, timeout=timeout, check=True
     )
@@ -134,9 +135,7 @@ def test_billion_laughs_is_refused_fast_and_small(tmp_path: Path) -> None:
     outcome = str(figures["outcome"])
     assert "refused as an alias bomb" in outcome, outcome
     assert len(outcome) < 400, outcome
-    # Wide bounds only: the precise figures are printed above (about 1 ms and no added memory here).
-    assert float(figures["seconds"]) < 10
-    assert float(figures["added_mib"]) < 200
+    assert float(figures["added_mib"]) < 200  # the expanded document would take gigabytes
 
 
 def test_aliases_within_the_bound_still_work(tmp_path: Path) -> None:
@@ -186,7 +185,6 @@ def test_big_file_loads_with_libyaml(tmp_path: Path) -> None:
     assert yaml_loading._SAFE_LOADER.__name__ == "CSafeLoader", "libyaml is installed in this environment"
     figures = measure_load(path, timeout=300)
     assert figures["outcome"] == "loaded", figures
-    assert float(figures["seconds"]) < 120  # a wide bound; the pure-Python loader takes about a minute
 
 
 def config_file_example_text() -> str:
@@ -213,14 +211,12 @@ def test_directory_is_named(tmp_path: Path) -> None:
         config.load_config_from_yaml(config.OptimizerConfig, path)
 
 
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
 def test_fifo_is_named_and_not_opened(tmp_path: Path) -> None:
     path = tmp_path / "pipe.yaml"
     os.mkfifo(path)
     assert load_error(path) == f"{path}: is a FIFO (named pipe), not a YAML file"
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="no /dev/null here")
 def test_device_is_named() -> None:
     message = load_error(Path("/dev/null"))
     assert message == "/dev/null: is a character device, not a YAML file"
@@ -696,7 +692,6 @@ def test_table_steps_beyond_int64_are_refused(capsys: pytest.CaptureFixture[str]
 
 
 def test_check_with_tower_zero_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("torch")
     path = write(
         tmp_path / "zero.yaml",
         """

@@ -10,8 +10,7 @@ process (``functional_opt.cli.main``). Every run must:
 * exit with 0, 1 or 2 (never raise);
 * print no traceback;
 * on exit code 2, print exactly one line on stderr, starting ``functional-opt``,
-  and write no figure;
-* finish within a wide bound (the runs take well under a second each here).
+  and write no figure.
 
 A third of the runs change only ordinary numbers, so that many files stay
 valid and the commands run to the end (exit code 0, or 1 from ``check``).
@@ -31,7 +30,6 @@ import io
 import os
 import random
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,8 +46,6 @@ CI_CHECK_RUNS = 4
 CI_SEED = 20260601
 RUNS = int(os.environ.get("FUZZ_CLI_RUNS") or 0)
 SEED = int(os.environ.get("FUZZ_CLI_SEED") or (random.SystemRandom().randrange(2**32) if RUNS else CI_SEED))
-RUN_BOUND_S = 120.0
-"""Wide bound on one run (first runs include JAX compilation and, for check, importing torch)."""
 
 NUMBER = re.compile(rb"(?<![\w.])-?\d+(?:\.\d+)?(?:e-?\d+)?(?![\w.])")
 REPLACEMENTS = [
@@ -192,12 +188,11 @@ def mutated(rng: random.Random) -> tuple[bytes, list[str]]:
     return data, [source.name, *applied]
 
 
-def run_once(argv: list[str]) -> tuple[int, str, str, float]:
+def run_once(argv: list[str]) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    start = time.perf_counter()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(argv)
-    return code, out.getvalue(), err.getvalue(), time.perf_counter() - start
+    return code, out.getvalue(), err.getvalue()
 
 
 COUNTS: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
@@ -226,13 +221,12 @@ def fuzz(command: str, runs: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         }[command]
         where = f"run {index} (seed {SEED}, {what}): functional-opt {' '.join(argv)}"
         try:
-            code, out, err, seconds = run_once(argv)
+            code, out, err = run_once(argv)
         except BaseException as exc:  # anything escaping main is a failure
             raise AssertionError(f"{where}: raised {type(exc).__name__}: {exc}") from exc
         COUNTS[command][code] += 1
         assert code in (0, 1, 2), f"{where}: exit code {code}"
         assert "Traceback" not in out + err, f"{where}: {err}"
-        assert seconds < RUN_BOUND_S, f"{where}: took {seconds:.1f} s"
         if code == 2:
             lines = err.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith("functional-opt"), f"{where}: {err!r}"
@@ -251,8 +245,6 @@ def test_fuzzed_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_fuzzed_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("torch")
-    pytest.importorskip("torchrec")
     fuzz("check", max(1, RUNS // 50) if RUNS else CI_CHECK_RUNS, tmp_path, monkeypatch)
 
 
