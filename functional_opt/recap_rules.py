@@ -53,6 +53,7 @@ import optax
 from functional_opt import config as config_lib
 from functional_opt import grouping, torch_rules
 from functional_opt import schedule_kinds as kinds
+from functional_opt import torch_rule_parts as parts
 
 __all__ = ["RECAP_LAYOUT", "RecapGroupState", "RecapState", "grouped_torch_rules"]
 
@@ -213,9 +214,9 @@ def grouped_torch_rules(
         -0.5
     """
     name = "build_recap_optimizer"
-    b1 = torch_rules._hyper_parameter(name, config_lib._check_beta, b1, "beta_1")
-    b2 = torch_rules._hyper_parameter(name, config_lib._check_beta, b2, "beta_2")
-    eps = torch_rules._hyper_parameter(name, config_lib._check_eps, eps, "epsilon")
+    b1 = parts.hyper_parameter(name, config_lib._check_beta, b1, "beta_1")
+    b2 = parts.hyper_parameter(name, config_lib._check_beta, b2, "beta_2")
+    eps = parts.hyper_parameter(name, config_lib._check_eps, eps, "epsilon")
     groups = list(groups)
     names = [group.name for group in groups]
     where: dict[str, tuple[int, int]] = {}
@@ -261,7 +262,7 @@ def grouped_torch_rules(
 
     def init_fn(params: optax.Params) -> RecapState:
         arrays, _, places = layout(params)
-        probe = jnp.asarray(torch_rules.PROBE_STEPS, dtype=jnp.int32)[:, None]
+        probe = jnp.asarray(parts.PROBE_STEPS, dtype=jnp.int32)[:, None]
         records = _per_group(tables, _kind_rates(tables, probe), len(groups))
         first = [record[0] for record in records]  # PROBE_STEPS[0] == 0: the rate before the first update
         count = jnp.zeros([], jnp.int32)
@@ -274,9 +275,9 @@ def grouped_torch_rules(
                     mu=tuple(_zeros(x) for x in leaves),
                     nu=tuple(_zeros(x) for x in leaves),
                     built_from={
-                        "b1": torch_rules._recorded(b1),
-                        "b2": torch_rules._recorded(b2),
-                        "eps": torch_rules._recorded(eps),
+                        "b1": parts.recorded(b1),
+                        "b2": parts.recorded(b2),
+                        "eps": parts.recorded(eps),
                         "learning_rate": records[g],
                     },
                 )
@@ -284,7 +285,7 @@ def grouped_torch_rules(
                 inner = torch_rules.ScaleByLearningRateState(
                     count=count,
                     learning_rate=first[g],
-                    built_from={"learning_rate": records[g], "momentum": torch_rules._recorded(0.0)},
+                    built_from={"learning_rate": records[g], "momentum": parts.recorded(0.0)},
                 )
             states[names[g]] = RecapGroupState(inner)
         return RecapState(inner_states=states, recap_layout=jnp.asarray(RECAP_LAYOUT, jnp.int32))
@@ -300,7 +301,7 @@ def grouped_torch_rules(
         kind_rates = _kind_rates(tables, old_count)
         count = optax.safe_increment(old_count)
         step = count.astype(jnp.result_type(float))
-        bias_correction1, bias_correction2_sqrt = torch_rules._adam_corrections(b1, b2, step)
+        bias_correction1, bias_correction2_sqrt = parts.adam_corrections(b1, b2, step)
         kind_step_sizes = [values / bias_correction1 for values in kind_rates]  # lr / (1 - b1**t), every group
         # The barrier keeps XLA from copying the schedules' arithmetic into every leaf's fused update.
         kind_rates, kind_step_sizes, bias_correction2_sqrt = jax.lax.optimization_barrier(
@@ -311,13 +312,13 @@ def grouped_torch_rules(
         grads = by_group(arrays, places)
 
         def adam_m(x: jax.Array, m: jax.Array) -> jax.Array:
-            return torch_rules._adam_first_moment(x, m, b1)
+            return parts.adam_first_moment(x, m, b1)
 
         def adam_v(x: jax.Array, v: jax.Array) -> jax.Array:
-            return torch_rules._adam_second_moment(x, v, b2)
+            return parts.adam_second_moment(x, v, b2)
 
         def adam_step(m: jax.Array, v: jax.Array, step_size: jax.Array) -> jax.Array:
-            return torch_rules._adam_step(m, v, step_size, bias_correction2_sqrt, eps)
+            return parts.adam_step(m, v, step_size, bias_correction2_sqrt, eps)
 
         new_grads: list[list[Any]] = []
         states = {}
@@ -329,7 +330,7 @@ def grouped_torch_rules(
                 new_grads.append([_per_leaf(adam_step, m, v, step_sizes[g]) for m, v in zip(mu, nu, strict=True)])
                 new: Any = old._replace(count=count, learning_rate=lr, mu=mu, nu=nu)
             else:
-                new_grads.append([_per_leaf(torch_rules._sgd_step, x, lr) for x in leaves])
+                new_grads.append([_per_leaf(parts.sgd_step, x, lr) for x in leaves])
                 new = old._replace(count=count, learning_rate=lr)
             states[names[g]] = RecapGroupState(new)
         out = [new_grads[g][position] for g, position in places]

@@ -300,11 +300,11 @@ def test_torch_commands_are_registered_plugins() -> None:
     import importlib.metadata
 
     from functional_opt import cli
-    from torch_bridge import cli_commands
+    from torch_bridge import cli_commands, cli_demo
 
     registered = {ep.name: ep for ep in importlib.metadata.entry_points(group=cli.COMMAND_GROUP)}
     assert registered["check"].load() is cli_commands.run_check
-    assert registered["demo"].load() is cli_commands.run_demo
+    assert registered["demo"].load() is cli_demo.run_demo
 
 
 # ----------------------------------------------------------------------------- plot

@@ -1,4 +1,4 @@
-"""The torch side of the ``functional-opt`` command line: ``check`` and ``demo``.
+"""The torch side of the ``functional-opt`` command line: ``check`` (and the helpers ``demo`` shares).
 
 ``functional_opt.cli`` imports this module only when one of these two
 subcommands runs, so the rest of the tool never loads torch.
@@ -8,7 +8,7 @@ subcommands runs, so the rest of the tool never loads torch.
   :mod:`functional_opt.optimizers` and in PyTorch with :mod:`torch_bridge`, from the
   same weights on the same batches, and compares every group's learning rate and
   parameters against the parity bars.
-* :func:`run_demo` trains the model in PyTorch through
+* :func:`torch_bridge.cli_demo.run_demo` trains the model in PyTorch through
   :func:`torch_bridge.build_recap_optimizer`, with its embedding tables sharded by
   torchrec's ``DistributedModelParallel`` (gloo, world size 1, table-wise, FUSED
   kernel: updated by a fused SGD inside ``backward``), and plots learning rates and loss.
@@ -19,35 +19,27 @@ synchronisation cost (on a busy 2-core machine, 50 times slower steps).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import sys
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 import numpy as np
 import torch
 
 from functional_opt import config as config_lib
-from functional_opt import demo_model, grouping, schedules
-from functional_opt.cli import CliError, demo_needs_recap_message, save_figure
+from functional_opt import demo_model, grouping
+from functional_opt.cli import CliError
 from functional_opt.config_file import EMBEDDINGS, LoadedConfig
 from torch_bridge import demo_model as torch_demo
+from torch_bridge.cli_shared import (
+    check_spec,
+    embedding_config,
+    group_label,
+    quiet_torch,
+)
 
-__all__ = [
-    "DEFAULT_EMBEDDING_LR",
-    "FLOAT32_RELATIVE_BAR",
-    "FLOAT64_BAR",
-    "GroupResult",
-    "check_spec",
-    "demo_spec",
-    "judge",
-    "run_check",
-    "run_demo",
-]
+__all__ = ["FLOAT32_RELATIVE_BAR", "FLOAT64_BAR", "GroupResult", "judge", "run_check"]
 
 FLOAT64_BAR = 1e-12
 """float64: max |Δparam| <= 1e-12 and |Δlr| <= 1e-12 * max(1, |lr|)."""
@@ -55,87 +47,7 @@ FLOAT32_RELATIVE_BAR = 1e-5
 """float32: max |Δparam| <= 1e-5 * max |param| of the group."""
 FLOAT32_LR_RELATIVE_BAR = 1e-6
 """float32: |Δlr| <= 1e-6 * |lr| (the JAX side computes the rate in float32)."""
-DEFAULT_EMBEDDING_LR = 0.01
-"""Constant embedding learning rate used when the file has none (the demo model always has tables)."""
-DEFAULT_TASKS = ("recap.is_clicked", "recap.is_replied")
 BATCH_SIZE = 32
-
-
-# --------------------------------------------------------------------------- shared
-
-
-def _tasks(loaded: LoadedConfig) -> tuple[str, ...]:
-    """The config's towers (multi-task), else two default tasks."""
-    opt = loaded.optimizer
-    if isinstance(opt, config_lib.RecapOptimizerConfig) and opt.multi_task_learning_rates is not None:
-        return tuple(opt.multi_task_learning_rates.tower_learning_rates)
-    return DEFAULT_TASKS
-
-
-def check_spec(loaded: LoadedConfig) -> demo_model.ModelSpec:
-    """The (small) demo model of ``check``: one tower per task of the config."""
-    return _spec(loaded, demo_model.ModelSpec())
-
-
-def demo_spec(loaded: LoadedConfig) -> demo_model.ModelSpec:
-    """The demo model of ``demo``: one tower per task of the config, two larger tables."""
-    base = demo_model.ModelSpec(
-        tables=(("user_id", 1000), ("tweet_id", 500)), embedding_dim=8, backbone_sizes=(64, 32), tower_sizes=(16,)
-    )
-    return _spec(loaded, base)
-
-
-def _spec(loaded: LoadedConfig, base: demo_model.ModelSpec) -> demo_model.ModelSpec:
-    try:
-        return dataclasses.replace(base, tasks=_tasks(loaded))
-    except ValueError as exc:
-        raise CliError(f"{loaded.path}: cannot build the demo model: {exc}") from exc
-
-
-def _embedding_config(
-    loaded: LoadedConfig,
-) -> tuple[config_lib.EmbeddingOptimizerConfig, config_lib.LearningRate, str | None]:
-    """The file's embedding optimizer and schedule, or a constant one and a note saying so."""
-    if loaded.embedding is not None and loaded.embedding.learning_rate is not None:
-        return loaded.embedding, loaded.embedding.learning_rate, None
-    note = (
-        f"note: {loaded.path} has no embedding learning rate; the demo model's embedding tables use a constant "
-        f"{DEFAULT_EMBEDDING_LR} (set model.large_embeddings.optimizer.learning_rate or emb_optimizer.learning_rate)"
-    )
-    learning_rate = config_lib.LearningRate(constant=DEFAULT_EMBEDDING_LR)
-    return config_lib.EmbeddingOptimizerConfig(learning_rate=learning_rate), learning_rate, note
-
-
-@contextlib.contextmanager
-def _quiet_torch(threads: int = 1) -> Iterator[None]:
-    """One intra-op thread, and torchrec's / torch's warnings about their own deprecations silenced."""
-    previous = torch.get_num_threads()
-    loggers = [logging.getLogger(name) for name in ("torchrec", "torch.distributed", "torch.fx")]
-    levels = [lg.level for lg in loggers]
-    torch.set_num_threads(threads)
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.filterwarnings("ignore", module="torchrec")
-            warnings.filterwarnings("ignore", module="fbgemm_gpu")
-            yield
-    finally:
-        torch.set_num_threads(previous)
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-def _group_label(group: Mapping[str, Any], kind: str, algorithm: str) -> str:
-    """The CLI's label of a torch param group: its name, ``embeddings`` for fused groups."""
-    name = group.get("name")
-    if not isinstance(name, str):
-        return EMBEDDINGS
-    if name == "ALL_PARAMS" and kind == "generic":
-        return algorithm
-    return EMBEDDINGS if name == grouping.DENSE_EMBEDDINGS else name
 
 
 # --------------------------------------------------------------------------- check
@@ -357,7 +269,7 @@ def run_check(
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     notes = []
     if loaded.kind == "recap":
-        emb, _, note = _embedding_config(loaded)
+        emb, _, note = embedding_config(loaded)
         notes += [note] if note else []
     else:  # one group holds every parameter, the tables included
         emb = config_lib.EmbeddingOptimizerConfig()
@@ -369,7 +281,7 @@ def run_check(
     batches = demo_model.make_batches(spec, steps, BATCH_SIZE, seed=seed)
     initial = demo_model.init_arrays(spec, seed)
 
-    with _quiet_torch():
+    with quiet_torch():
         model = torch_demo.DemoRankingModel(spec, seed=seed, dtype=torch_dtype)
         names = [name for name, _ in model.named_parameters()]
         opt = loaded.optimizer
@@ -398,7 +310,7 @@ def run_check(
             file=out,
         )
         params_torch, lrs_torch = _train_torch(
-            model, optimizer, scheduler, batches, spec, torch_dtype, lambda g: _group_label(g, kind, algorithm)
+            model, optimizer, scheduler, batches, spec, torch_dtype, lambda g: group_label(g, kind, algorithm)
         )
     try:
         params_jax, lrs_jax = _train_jax(loaded, emb, initial, batches, spec, dtype)
@@ -452,154 +364,3 @@ def _print_results(results: Sequence[GroupResult], dtype: str, out: TextIO) -> N
     for row in [header, *rows]:
         cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         print("  ".join(cells).rstrip(), file=out)
-
-
-# --------------------------------------------------------------------------- demo
-
-
-def _common_prefix(names: Sequence[str]) -> str:
-    """The longest dotted prefix (ending in ``"."``) shared by all ``names`` when there are two or more.
-
-    Example:
-        >>> _common_prefix(["recap.engagement.is_favorited", "recap.engagement.is_replied"])
-        'recap.engagement.'
-    """
-    if len(names) < 2:
-        return ""
-    parts = [name.split(".")[:-1] for name in names]
-    shared: list[str] = []
-    for column in zip(*parts, strict=False):
-        if len(set(column)) != 1:
-            break
-        shared.append(column[0])
-    return ".".join(shared) + "." if shared else ""
-
-
-def run_demo(
-    loaded: LoadedConfig,
-    *,
-    steps: int,
-    output: Path,
-    log_every: int | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    out: TextIO | None = None,
-) -> int:
-    """``functional-opt demo``: trains the demo model in PyTorch with the file's recap optimizer.
-
-    The model's embedding tables are sharded by ``DistributedModelParallel``
-    (gloo, world size 1, table-wise, FUSED kernel) and updated by the fused SGD
-    inside ``backward``; the towers and backbone by the Adam of
-    :func:`torch_bridge.build_recap_optimizer`, every group on its own schedule
-    through the :class:`~torch_bridge.RecapLRShim`. Loss and each group's
-    learning rate are logged at intervals and plotted to ``output``.
-
-    Args:
-        loaded: the config file (a recap optimizer config).
-        steps: training steps.
-        output: the PNG / SVG / PDF file to write (missing directories are created).
-        log_every: log every this many steps (default: about ten lines).
-        seed: seed of the weights and the data.
-        progress: show a tqdm progress bar (on a terminal).
-        out: where to log (default: stdout).
-
-    Returns:
-        0.
-
-    Raises:
-        CliError: a generic (non-recap) optimizer config, or an optimizer that
-            cannot be built for the demo model.
-    """
-    from tqdm import tqdm
-
-    from functional_opt import plotting
-    from torch_bridge import build_recap_optimizer
-
-    out = sys.stdout if out is None else out
-    opt = loaded.optimizer
-    if not isinstance(opt, config_lib.RecapOptimizerConfig):
-        raise CliError(demo_needs_recap_message(loaded))
-    spec = demo_spec(loaded)
-    emb, emb_lr, note = _embedding_config(loaded)
-    log_every = log_every if log_every is not None else max(1, steps // 10)
-    batches = demo_model.make_batches(spec, min(steps, 100), 64, seed=seed)
-
-    with _quiet_torch(), torch_demo.single_process_group():
-        model = torch_demo.DemoRankingModel(spec, seed=seed, embedding="ebc")
-        sharded = torch_demo.shard_with_fused_embeddings(model, schedules.compute_lr(emb_lr, 0))
-        try:
-            optimizer, scheduler = build_recap_optimizer(sharded, opt, emb)
-        except ValueError as exc:
-            raise CliError(f"{loaded.path}: cannot build the optimizer for the demo model: {exc}") from exc
-
-        print(f"config: {loaded.describe()}", file=out)
-        if note:
-            print(note, file=out)
-        print(
-            f"model: towers {list(spec.tasks)}, backbone {list(spec.backbone_sizes)}, fused embedding tables "
-            f"{[t for t, _ in spec.tables]} (DistributedModelParallel, gloo world size 1, table-wise, FUSED kernel)",
-            file=out,
-        )
-        labels_in_order: list[str] = []
-        for group in optimizer.param_groups:
-            label = _group_label(group, "recap", "adam")
-            if label not in labels_in_order:
-                labels_in_order.append(label)
-        print(f"optimizer groups: {labels_in_order}; {steps} steps, logging every {log_every}", file=out)
-        prefix = _common_prefix([t for t in spec.tasks if t in labels_in_order])
-        if prefix:
-            print(f"(tower names are logged without their common prefix {prefix!r})", file=out)
-
-        lrs: dict[str, list[float]] = {label: [] for label in labels_in_order}
-        losses: list[float] = []
-        bar = tqdm(total=steps, desc="demo", unit="step", disable=None if progress else True, file=sys.stderr)
-        for k in range(steps):
-            dense, features, labels = torch_demo.to_torch(batches[k % len(batches)], spec)
-            optimizer.zero_grad()
-            loss = torch_demo.loss_fn(sharded(dense, features), labels)
-            loss.backward()
-            seen = set()
-            for group in optimizer.param_groups:
-                label = _group_label(group, "recap", "adam")
-                if label not in seen:
-                    lrs[label].append(float(group["lr"]))
-                    seen.add(label)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            bar.update(1)
-            if k % log_every == 0 or k == steps - 1:
-                window = losses[-log_every:]
-                rates = "  ".join(f"{label.removeprefix(prefix)}={lrs[label][-1]:.3g}" for label in labels_in_order)
-                bar.write(f"step {k:>5}  loss {np.mean(window):.4f}  lr: {rates}", file=out)
-        bar.close()
-
-    step_axis = np.arange(steps)
-    dense_lrs = {k: v for k, v in lrs.items() if k != EMBEDDINGS}
-    panels = [("learning rate of each dense group (Adam, RecapLRShim)", dense_lrs, 0)]
-    if EMBEDDINGS in lrs:
-        panels.append(("embedding learning rate (torchrec fused SGD)", {EMBEDDINGS: lrs[EMBEDDINGS]}, len(dense_lrs)))
-    fig, axes = plotting.new_figure(len(panels) + 1, height_per_row=3.0)
-    for ax, (title, curves, first_color) in zip(axes, panels, strict=False):
-        plotting.draw_learning_rates(ax, step_axis, curves, title=title, first_color=first_color)
-    ax_loss = axes[-1]
-    ax_loss.plot(step_axis, losses, color="0.75", linewidth=0.8, label="loss")
-    window = max(1, min(25, steps // 10))
-    if steps >= window > 1:
-        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        ax_loss.plot(step_axis[window - 1 :], smooth, color="C3", linewidth=1.6, label=f"mean of {window} steps")
-    ax_loss.set_title("training loss (sum over tasks)")
-    ax_loss.set_ylabel("loss")
-    ax_loss.set_xlabel("step")
-    ax_loss.grid(True, alpha=0.3)
-    ax_loss.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
-    fig.suptitle(f"functional-opt demo: {loaded.path.name}, PyTorch + torchrec fused embeddings")
-    save_figure(fig, output)
-    first = float(np.mean(losses[: max(1, steps // 10)]))
-    last = float(np.mean(losses[-max(1, steps // 10) :]))
-    print(
-        f"loss: {first:.4f} (first {max(1, steps // 10)} steps) -> {last:.4f} (last {max(1, steps // 10)} steps)",
-        file=out,
-    )
-    print(f"wrote {output}", file=out)
-    return 0

@@ -13,8 +13,9 @@ from typing import Any
 
 from torch.optim import Optimizer
 
+from torch_bridge.group_names import check_names, fused_flags, group_label, param_keys
 from torch_bridge.scheduler_records import LearningRateSpec, Resolved, compare_records, copy_record, resolve
-from torch_bridge.schedulers import LRShim, check_names, fused_flags, group_label, param_keys
+from torch_bridge.schedulers import LRShim
 
 __all__ = ["RecapLRShim"]
 

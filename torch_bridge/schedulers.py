@@ -59,27 +59,18 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from functional_opt.tabulate import ScheduleTable
+from torch_bridge.group_names import check_names, group_label, group_labels, param_keys
 from torch_bridge.scheduler_records import (
     LearningRateSpec,
     Resolved,
     check_value,
     compare_records,
     copy_record,
-    differences,
     resolve,
 )
-from torch_bridge.workarounds import fused_leaves, optimizer_leaves, set_fused_kernel_learning_rates
+from torch_bridge.workarounds import fused_leaves, set_fused_kernel_learning_rates
 
-__all__ = [
-    "BLOCK_SIZE",
-    "MAX_STEP",
-    "LRShim",
-    "LearningRateSpec",
-    "check_names",
-    "fused_flags",
-    "group_label",
-    "param_keys",
-]
+__all__ = ["BLOCK_SIZE", "MAX_STEP", "LRShim", "LearningRateSpec"]
 
 # Steps evaluated per JAX call: one call every BLOCK_SIZE scheduler steps.
 BLOCK_SIZE = 2048
@@ -91,25 +82,6 @@ MAX_STEP = 2**62
 def _schedule_table(resolved: Sequence[Resolved]) -> ScheduleTable:
     """A :class:`ScheduleTable` of one schedule per group (configs are evaluated as data: nothing compiles)."""
     return ScheduleTable([schedule for schedule, _ in resolved], block_size=BLOCK_SIZE)
-
-
-def param_keys(optimizer: Optimizer) -> dict[int, str]:
-    """``id(param) -> key`` for a keyed (torchrec) optimizer; empty for a plain one."""
-    params = getattr(optimizer, "params", None)
-    if not isinstance(params, Mapping):
-        return {}
-    return {id(p): str(k) for k, p in params.items()}
-
-
-def group_label(index: int, group: Mapping[str, Any], keys: Mapping[int, str]) -> str:
-    """A readable name for one param group: its ``"name"`` entry, else its parameters."""
-    name = group.get("name")
-    if isinstance(name, str):
-        return name
-    params = list(group.get("params", []))
-    shown = [keys.get(id(p), f"<{type(p).__name__} {tuple(getattr(p, 'shape', ()))}>") for p in params[:3]]
-    more = f", ... ({len(params)} params)" if len(params) > 3 else ""
-    return f"param_groups[{index}]: [{', '.join(shown)}{more}]"
 
 
 class LRShim(LRScheduler):
@@ -172,7 +144,7 @@ class LRShim(LRScheduler):
         self._num_groups = len(group_schedules)
         # Groups driven by a callable: their values are checked at every step (configs are checked when read).
         self._checked = [i for i, (_, record) in enumerate(group_schedules) if "callable" in record]
-        self._labels = _labels(optimizer, group_schedules, self.group_names)
+        self._labels = group_labels(optimizer, self.group_names)
         self._fused = fused_leaves(optimizer)
         self._tensor_lrs = _has_tensor_lr(optimizer)
         super().__init__(optimizer, last_epoch)
@@ -423,42 +395,5 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _labels(optimizer: Optimizer, group_schedules: Sequence[Resolved], names: Sequence[str]) -> list[str]:
-    """One name per param group: its ``"name"`` entry, else its ``lr_dict`` name (fused groups: ``embeddings``)."""
-    groups = list(optimizer.param_groups)
-    fused = fused_flags(optimizer)
-    if len(fused) != len(groups):
-        fused = [False] * len(groups)
-    dense_names = iter(names)
-    num_fused = sum(fused)
-    labels = []
-    for i, (group, is_fused) in enumerate(zip(groups, fused, strict=True)):
-        default = (
-            ("embeddings" if num_fused == 1 else f"embeddings.{sum(fused[:i])}")
-            if is_fused
-            else next(dense_names, f"param_groups[{i}]")
-        )
-        name = group.get("name")
-        labels.append(name if isinstance(name, str) else default)
-    return labels
-
-
 def _has_tensor_lr(optimizer: Optimizer) -> bool:
     return any(isinstance(g["lr"], torch.Tensor) for g in optimizer.param_groups)
-
-
-def check_names(owner: str, groups: Sequence[Mapping[str, Any]], labels: Sequence[str], names: Sequence[str]) -> None:
-    """When every group has a ``"name"``, ``names`` must be those names in order."""
-    group_names = [g.get("name") for g in groups]
-    if not group_names or not all(isinstance(n, str) for n in group_names):
-        return
-    if list(group_names) != list(names):
-        raise ValueError(
-            f"{owner}: lr_dict names {list(names)} do not match the optimizer's param group names "
-            f"{list(labels)} ({differences(list(labels), list(names))})"
-        )
-
-
-def fused_flags(optimizer: Optimizer) -> list[bool]:
-    """For each param group of ``optimizer`` (in order): does a torchrec fused optimizer hold it?"""
-    return [fused for leaf, fused in optimizer_leaves(optimizer) for _ in leaf.param_groups]
