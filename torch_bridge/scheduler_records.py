@@ -38,6 +38,7 @@ __all__ = [
     "copy_record",
     "differences",
     "resolve",
+    "shown",
 ]
 
 LearningRateSpec: TypeAlias = config_lib.LearningRate | Mapping[str, Any] | schedules_lib.Schedule
@@ -60,9 +61,10 @@ def _callable_id(fn: Callable[..., Any]) -> str:
     return f"{module}.{qualname}"
 
 
-def _short(value: Any) -> str:
+def shown(value: Any, limit: int = _SHOWN) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a message never prints a whole hostile value."""
     text = repr(value)
-    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_value(owner: str, name: str, step: int, value: Any) -> float:
@@ -87,9 +89,9 @@ def check_value(owner: str, name: str, step: int, value: Any) -> float:
         else:
             ok = math.isfinite(number) and number >= 0.0
     if not ok:
-        shown = _short(np.asarray(value).tolist() if hasattr(value, "shape") else value)
+        text = shown(np.asarray(value).tolist() if hasattr(value, "shape") else value)
         raise ValueError(
-            f"{owner}: the schedule of {name!r} gives {shown} at step {step}; "
+            f"{owner}: the schedule of {name!r} gives {text} at step {step}; "
             "a learning rate must be a finite scalar >= 0"
         )
     return number
@@ -154,13 +156,13 @@ def differences(expected: Sequence[str], got: Sequence[str]) -> str:
     return "; ".join(parts)
 
 
-def _config_short(cfg: config_lib.LearningRate) -> str:
-    return _short(cfg.model_dump(mode="json", exclude_none=True))
+def _configshown(cfg: config_lib.LearningRate) -> str:
+    return shown(cfg.model_dump(mode="json", exclude_none=True))
 
 
 def _callable_problem(what: str, name: str, record: Mapping[str, Any], other: Mapping[str, Any]) -> str | None:
     if other.get("callable") != record["callable"]:
-        return f"{what}[{name!r}]: saved {_short(other.get('callable'))}, current {record['callable']!r}"
+        return f"{what}[{name!r}]: saved {shown(other.get('callable'))}, current {record['callable']!r}"
     saved_values = other.get("values")
     if saved_values is None:  # a record without values: only the name can be compared
         return None
@@ -170,7 +172,7 @@ def _callable_problem(what: str, name: str, record: Mapping[str, Any], other: Ma
         if not isinstance(saved, int | float) or abs(saved - current) > _RELATIVE * max(1.0, abs(current)):
             return (
                 f"{what}[{name!r}]: {record['callable']!r} is another schedule than the saved one "
-                f"(at step {step}: saved {_short(saved)}, current {current!r})"
+                f"(at step {step}: saved {shown(saved)}, current {current!r})"
             )
     if len(saved_values) != len(record["values"]):
         return f"{what}[{name!r}]: the saved record of {record['callable']!r} is malformed"
@@ -187,24 +189,24 @@ def compare_records(what: str, current: Mapping[str, Mapping[str, Any]], saved: 
             continue
         other = saved[name]
         if not isinstance(other, Mapping):
-            problems.append(f"{what}[{name!r}]: saved entry {_short(other)} is not a learning-rate record")
+            problems.append(f"{what}[{name!r}]: saved entry {shown(other)} is not a learning-rate record")
             continue
         if "config" in record:
             if "config" not in other:
-                problems.append(f"{what}[{name!r}]: saved {_short(dict(other))}, current is a LearningRate config")
+                problems.append(f"{what}[{name!r}]: saved {shown(dict(other))}, current is a LearningRate config")
                 continue
             try:
                 saved_cfg = config_lib.LearningRate.model_validate(other["config"])
             except Exception as exc:  # pydantic.ValidationError
-                problems.append(f"{what}[{name!r}]: saved config is invalid: {_short(str(exc))}")
+                problems.append(f"{what}[{name!r}]: saved config is invalid: {shown(str(exc))}")
                 continue
             current_cfg = config_lib.LearningRate.model_validate(record["config"])
             if saved_cfg != current_cfg:
                 problems.append(
-                    f"{what}[{name!r}]: saved {_config_short(saved_cfg)}, current {_config_short(current_cfg)}"
+                    f"{what}[{name!r}]: saved {_configshown(saved_cfg)}, current {_configshown(current_cfg)}"
                 )
         elif "callable" not in other:
-            problems.append(f"{what}[{name!r}]: saved {_short(dict(other))}, current is a callable")
+            problems.append(f"{what}[{name!r}]: saved {shown(dict(other))}, current is a callable")
         else:
             problem = _callable_problem(what, name, record, other)
             if problem:

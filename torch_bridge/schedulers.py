@@ -67,6 +67,7 @@ from torch_bridge.scheduler_records import (
     compare_records,
     copy_record,
     resolve,
+    shown,
 )
 from torch_bridge.workarounds import fused_leaves, set_fused_kernel_learning_rates
 
@@ -365,7 +366,7 @@ class LRShim(LRScheduler):
         step_count = state_dict["_step_count"]
         for key, value in (("last_epoch", last_epoch), ("_step_count", step_count)):
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_STEP:
-                raise ValueError(f"{owner}: {key}={_shown(value)} must be an integer in [0, {MAX_STEP}]")
+                raise ValueError(f"{owner}: {key}={shown(value, 80)} must be an integer in [0, {MAX_STEP}]")
         groups = len(self.optimizer.param_groups)
         if groups != self._num_groups:
             raise ValueError(
@@ -388,11 +389,6 @@ class LRShim(LRScheduler):
 # --- helpers ------------------------------------------------------------------------------------
 
 _FLOAT_MAX = 1.7976931348623157e308
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _has_tensor_lr(optimizer: Optimizer) -> bool:

@@ -43,19 +43,26 @@ def bits(tree: Any) -> list[bytes]:
     return [np.asarray(leaf).tobytes() for leaf in jax.tree_util.tree_leaves(tree)]
 
 
+def training(jdtype: Any) -> tuple[Any, optax.GradientTransformation, list[demo_model.Batch], Any]:
+    """The demo model's initial params, the recap optimizer, the batches and a jitted train step, in ``jdtype``."""
+    params = demo_model.init_params(SPEC, seed=0, dtype=jdtype)
+    tx = optimizers.build_recap_optimizer(params, RECAP, EMB)
+    data = [demo_model.to_jax(b, jdtype) for b in batches()[:STEPS]]
+
+    @jax.jit
+    def train_step(params: Any, state: Any, batch: demo_model.Batch) -> Any:
+        grads = jax.grad(demo_model.loss)(params, batch, SPEC)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return params, tx, data, train_step
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_resume_from_npz_is_bitwise_equal(tmp_path: Path, dtype: str) -> None:
     with jax.enable_x64(dtype == "float64"):
         jdtype = jnp.dtype(dtype)
-        params = demo_model.init_params(SPEC, seed=0, dtype=jdtype)
-        tx = optimizers.build_recap_optimizer(params, RECAP, EMB)
-        data = [demo_model.to_jax(b, jdtype) for b in batches()[:STEPS]]
-
-        @jax.jit
-        def train_step(params: Any, state: Any, batch: demo_model.Batch) -> Any:
-            grads = jax.grad(demo_model.loss)(params, batch, SPEC)
-            updates, state = tx.update(grads, state, params)
-            return optax.apply_updates(params, updates), state
+        params, tx, data, train_step = training(jdtype)
 
         state = tx.init(params)
         uninterrupted = (params, state)
@@ -85,15 +92,7 @@ def test_resume_from_orbax_is_bitwise_equal_and_refuses_another_config(tmp_path:
 
     with jax.enable_x64(dtype == "float64"):
         jdtype = jnp.dtype(dtype)
-        params = demo_model.init_params(SPEC, seed=0, dtype=jdtype)
-        tx = optimizers.build_recap_optimizer(params, RECAP, EMB)
-        data = [demo_model.to_jax(b, jdtype) for b in batches()[:STEPS]]
-
-        @jax.jit
-        def train_step(params: Any, state: Any, batch: demo_model.Batch) -> Any:
-            grads = jax.grad(demo_model.loss)(params, batch, SPEC)
-            updates, state = tx.update(grads, state, params)
-            return optax.apply_updates(params, updates), state
+        params, tx, data, train_step = training(jdtype)
 
         checkpointer = ocp.StandardCheckpointer()
         uninterrupted = (params, tx.init(params))
