@@ -37,11 +37,16 @@ import jax
 import numpy as np
 import optax
 
-from functional_opt import grouping, torch_rules
+from functional_opt import grouping, recap_rules, torch_rules
 
 __all__ = ["check_state", "group_learning_rates", "learning_rate"]
 
-_LIBRARY_STATES = (torch_rules.TorchAdamState, torch_rules.TorchAdagradState, torch_rules.ScaleByLearningRateState)
+_LIBRARY_STATES = (
+    torch_rules.TorchAdamState,
+    torch_rules.TorchAdagradState,
+    torch_rules.ScaleByLearningRateState,
+    recap_rules.RecapState,
+)
 _INJECT_STATES = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
 _RECORD = "built_from"
 _LAYOUT = "recap_layout"
@@ -69,15 +74,21 @@ def _value(leaf: Any) -> Any:
     return get_value() if callable(get_value) and not isinstance(leaf, jax.Array | np.ndarray) else leaf
 
 
-def _rates(opt_state: optax.OptState) -> list[tuple[tuple[Any, ...], jax.Array]]:
-    """``(key path, rate)`` of every rate the state holds, in ``jax.tree_util`` order."""
+def _rates(opt_state: optax.OptState) -> list[tuple[tuple[Any, ...], str | None, jax.Array]]:
+    """``(key path, group, rate)`` of every rate the state holds, in ``jax.tree_util`` order.
+
+    ``group`` is the group's name within a recap state, ``None`` elsewhere.
+    """
     found = jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=_is_rate_source)[0]
-    out = []
+    out: list[tuple[tuple[Any, ...], str | None, jax.Array]] = []
     for path, node in found:
-        if isinstance(node, _LIBRARY_STATES):
-            out.append((path, _value(node.learning_rate)))
+        if isinstance(node, recap_rules.RecapState):
+            rates = _value(node.learning_rates.values)
+            out.extend((path, name, rates[g]) for g, name in enumerate(node.learning_rates.names))
+        elif isinstance(node, _LIBRARY_STATES):
+            out.append((path, None, _value(node.learning_rate)))
         elif isinstance(node, _INJECT_STATES):
-            out.append((path, _value(node.hyperparams["learning_rate"])))
+            out.append((path, None, _value(node.hyperparams["learning_rate"])))
     return out
 
 
@@ -119,20 +130,20 @@ def learning_rate(opt_state: optax.OptState) -> jax.Array:
     """
     found = _rates(opt_state)
     if len(found) != 1:
-        where = [jax.tree_util.keystr(path) for path, _ in found]
+        where = [jax.tree_util.keystr(path) + (f" (group {group!r})" if group else "") for path, group, _ in found]
         raise KeyError(
             f"learning_rate: expected one learning rate in the optimizer state, found {len(found)}"
             + (f" (at {where}); for build_recap_optimizer use group_learning_rates" if found else "")
         )
-    return found[0][1]
+    return found[0][2]
 
 
 def group_learning_rates(opt_state: optax.OptState) -> dict[str, jax.Array]:
     """Each group's learning rate of the last update, keyed by its ``optax.partition`` label.
 
-    A group is named by the label of the innermost ``optax.partition`` (or
-    ``multi_transform``) around it: the group names of
-    :func:`functional_opt.optimizers.build_recap_optimizer`. Where two groups
+    A group of :func:`functional_opt.optimizers.build_recap_optimizer` is
+    named as it is there; any other optimizer's rate by the label of the
+    innermost ``optax.partition`` (or ``multi_transform``) around it. Where two groups
     would share a name (one recap optimizer nested twice in an outer
     partition), every enclosing label is kept, joined with ``"/"``. After
     ``n >= 1`` updates group ``g`` holds ``schedule_g(n - 1)``; right after
@@ -146,7 +157,7 @@ def group_learning_rates(opt_state: optax.OptState) -> dict[str, jax.Array]:
         Group name -> scalar.
 
     Raises:
-        TypeError: the state holds no learning rate inside an ``optax.partition``.
+        TypeError: the state holds no recap state and no learning rate inside an ``optax.partition``.
         ValueError: a learning rate outside any partition beside partitioned
             ones, or two learning rates in one group.
 
@@ -159,10 +170,13 @@ def group_learning_rates(opt_state: optax.OptState) -> dict[str, jax.Array]:
         >>> {k: round(float(v), 6) for k, v in group_learning_rates(tx.init((jnp.zeros(1), jnp.zeros(1)))).items()}
         {'a': 0.1, 'b': 0.2}
     """
-    found = [(path, _partition_labels(path), rate) for path, rate in _rates(opt_state)]
+    found = [
+        (path, _partition_labels(path) + ([group] if group is not None else []), rate)
+        for path, group, rate in _rates(opt_state)
+    ]
     if not any(labels for _, labels, _ in found):
         raise TypeError(
-            "group_learning_rates: expected the state of build_recap_optimizer (a learning rate inside an "
+            "group_learning_rates: expected the state of build_recap_optimizer (or learning rates inside an "
             f"optax.partition), got {type(opt_state).__name__} with {len(found)} learning rate(s) outside any "
             "partition; use learning_rate for a single-group optimizer"
         )
@@ -179,14 +193,37 @@ def group_learning_rates(opt_state: optax.OptState) -> dict[str, jax.Array]:
     return {name: rate for name, (_, _, rate) in zip(names, found, strict=True)}
 
 
-def _records(opt_state: Any) -> dict[tuple[str, ...], dict[str, np.ndarray]]:
-    """``{path of a state: {field: value}}`` for every ``built_from`` record, typed or restored as plain dicts."""
-    out: dict[tuple[str, ...], dict[str, np.ndarray]] = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
+_Record = np.ndarray | recap_rules.GroupValues
+
+
+def _records(opt_state: Any) -> dict[tuple[str, ...], dict[str, _Record]]:
+    """``{path of a state: {field: value}}`` for every ``built_from`` record, typed or restored as plain dicts.
+
+    A typed recap state's per-group record is a :class:`~functional_opt.recap_rules.GroupValues`
+    of numpy rows; restored as plain dicts it is its ``values`` array, under ``<field>.values``.
+    """
+    out: dict[tuple[str, ...], dict[str, _Record]] = {}
+    is_group_values = lambda x: isinstance(x, recap_rules.GroupValues)  # noqa: E731
+    for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=is_group_values)[0]:
         names = tuple(grouping.path_to_name((key,)) for key in path)
         if _RECORD in names[:-1]:
             at = len(names) - 1 - names[::-1].index(_RECORD)
-            out.setdefault(names[:at], {})[".".join(names[at + 1 :])] = np.asarray(_value(leaf))
+            value: _Record
+            if is_group_values(leaf):
+                value = recap_rules.GroupValues(np.asarray(_value(leaf.values)), leaf.names)
+            else:
+                value = np.asarray(_value(leaf))
+            out.setdefault(names[:at], {})[".".join(names[at + 1 :])] = value
+    return out
+
+
+def _as_configured(saved: dict[str, _Record], configured: dict[str, _Record]) -> dict[str, _Record]:
+    """``saved`` with a per-group record restored as plain dicts (``<field>.values``) under its field's name."""
+    out = dict(saved)
+    for field, value in configured.items():
+        plain = f"{field}.values"
+        if isinstance(value, recap_rules.GroupValues) and field not in out and plain in out:
+            out[field] = out.pop(plain)
     return out
 
 
@@ -204,21 +241,20 @@ def _check_layouts(opt_state: Any, fresh_state: Any) -> None:
     """Refuses a recap state saved in another layout than the live optimizer's, saying which."""
     saved = _layouts(opt_state)
     for where, version in _layouts(fresh_state).items():
-        found = saved.get(where)
+        found = saved.get(where, 1)  # layout 1 recorded no version
         if found != version:
-            old = "the earlier layout (1: an optax.partition holding one masked copy of the parameter tree per group)"
             raise ValueError(
                 f"check_state: the saved recap optimizer state at {'.'.join(where) or '(top level)'} has "
-                f"{old if found is None else f'layout {found}'}, the live optimizer layout {version} (each group's "
-                "own leaves); this version cannot resume it: start from tx.init(params), or resume with the version "
-                "that saved it"
+                f"{recap_rules.describe_layout(found)}, the live optimizer {recap_rules.describe_layout(version)}; "
+                "this version cannot resume it: start from tx.init(params), or resume with the version that saved it"
             )
 
 
-def _where(names: tuple[str, ...]) -> str:
-    """A record's place: its group (the labels after ``inner_states``) and its path."""
-    path = ".".join(names) or "(top level)"
+def _where(names: tuple[str, ...], group: str | None = None) -> str:
+    """A record's place: its group (the labels after ``inner_states``, then a recap group's name) and its path."""
+    path = ".".join(names + ((_RECORD,) if group is not None else ())) or "(top level)"
     labels = [key for previous, key in itertools.pairwise(names) if previous == "inner_states"]
+    labels += [group] if group is not None else []
     return f"group {'/'.join(labels)!r} ({path})" if labels else f"state at {path}"
 
 
@@ -226,6 +262,32 @@ def _differs(saved: np.ndarray, configured: np.ndarray) -> bool:
     if saved.shape != configured.shape:
         return True
     return not np.array_equal(saved.astype(configured.dtype), configured, equal_nan=True)
+
+
+def _field_problems(where: tuple[str, ...], field: str, old: _Record, new: _Record) -> list[str]:
+    """What differs between a saved and a configured record of one field, one line per group where grouped."""
+    label = _where(where)
+    at_steps = f" (at steps {list(torch_rules.PROBE_STEPS)})" if field == "learning_rate" else ""
+    if not isinstance(new, recap_rules.GroupValues):
+        if isinstance(old, recap_rules.GroupValues) or _differs(np.asarray(old), new):
+            return [f"{label}: {field}: saved {_show(np.asarray(getattr(old, 'values', old)))}, configured "
+                    f"{_show(new)}{at_steps}"]  # fmt: skip
+        return []
+    names = new.names
+    if isinstance(old, recap_rules.GroupValues):
+        if old.names != names:
+            return [f"{label}: groups: saved {list(old.names)}, configured {list(names)}"]
+        old = old.values
+    if old.shape != new.values.shape:
+        return [
+            f"{label}: {field}: saved records of shape {old.shape}, configured {new.values.shape} (groups "
+            f"{list(names)})"
+        ]
+    return [
+        f"{_where(where, name)}: {field}: saved {_show(old[g])}, configured {_show(new.values[g])}{at_steps}"
+        for g, name in enumerate(names)
+        if _differs(old[g], new.values[g])
+    ]
 
 
 def _show(value: np.ndarray) -> str:
@@ -285,14 +347,12 @@ def check_state(opt_state: optax.OptState, fresh_state: optax.OptState) -> None:
         )
     for where in sorted(set(saved) & set(configured)):
         label = _where(where)
-        old, new = saved[where], configured[where]
+        new = configured[where]
+        old = _as_configured(saved[where], new)
         for field in sorted(set(old) | set(new)):
             if field not in old or field not in new:
                 problems.append(f"{label}: {field}: {'not in the saved state' if field in new else 'not configured'}")
-            elif _differs(old[field], new[field]):
-                detail = f"saved {_show(old[field])}, configured {_show(new[field])}"
-                if field == "learning_rate":
-                    detail += f" (at steps {list(torch_rules.PROBE_STEPS)})"
-                problems.append(f"{label}: {field}: {detail}")
+            else:
+                problems.extend(_field_problems(where, field, old[field], new[field]))
     if problems:
         raise ValueError("check_state: the state was built from another config: " + "; ".join(problems))

@@ -247,11 +247,11 @@ def test_orbax_restore_refuses_another_config_and_resumes_the_same(tmp_path: Pat
     other_configs = {
         "adam__beta_1": (
             0.8,
-            r"group 'backbone' \(inner_states\.backbone\.inner_state\): b1: saved 0\.9, configured 0\.8",
+            r"state at \(top level\): b1: saved 0\.9, configured 0\.8",
         ),
         "multi_task_learning_rates__backbone_learning_rate": (
             RAMP,
-            r"group 'backbone' .*: learning_rate: saved \[0\.0, 0\.016666666666666666, .*configured \[0\.0, 0\.04",
+            r"group 'backbone' \(built_from\): learning_rate: saved \[0\.0, 0\.016666666666666666, .*configured \[0\.0, 0\.04",
         ),
     }
     for change, (value, message) in other_configs.items():

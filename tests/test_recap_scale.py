@@ -79,20 +79,15 @@ def test_float64_numbers_equal_one_optimizer_per_group() -> None:
             new_rates = optimizers.group_learning_rates(new_state)
             old_rates = optimizers.group_learning_rates(old_state)
             assert {n: float(r) for n, r in new_rates.items()} == {n: float(r) for n, r in old_rates.items()}
-        new_records = recap_records(new_state)
-        old_records = recap_records(old_state)
-        assert new_records.keys() == old_records.keys()
-        for key, value in new_records.items():
-            np.testing.assert_array_equal(value, old_records[key])
-
-
-def recap_records(state: Any) -> dict[str, np.ndarray]:
-    found = jax.tree_util.tree_flatten_with_path(state)[0]
-    return {
-        jax.tree_util.keystr(path[:2] + path[-2:]): np.asarray(leaf)
-        for path, leaf in found
-        if "built_from" in jax.tree_util.keystr(path)
-    }
+        # The one record of the new state holds what each group's own state recorded.
+        new_lr_records = new_state.built_from["learning_rate"].as_dict()
+        for name, group_state in old_state.inner_states.items():
+            old_record = optax.tree_utils.tree_get(group_state, "built_from")
+            np.testing.assert_array_equal(new_lr_records[name], old_record["learning_rate"])
+            for field in ("b1", "b2", "eps"):
+                if field in old_record:
+                    np.testing.assert_array_equal(new_state.built_from[field], old_record[field])
+        assert int(new_state.count) == 12
 
 
 def update_jaxpr(tx: optax.GradientTransformation, params: Any) -> jax.core.ClosedJaxpr:
@@ -138,18 +133,24 @@ def test_one_compilation_per_train_step() -> None:
     assert step._cache_size() == 1
 
 
-def test_a_state_of_the_earlier_layout_is_refused_clearly() -> None:
+def test_states_of_the_earlier_layouts_are_refused_clearly() -> None:
     params = towers_params(3)
     cfg = towers_config(3)
     tx = optimizers.build_recap_optimizer(params, cfg, EMB)
     old_state = one_optimizer_per_group(params, cfg, EMB).init(params)
-    with pytest.raises(ValueError, match=r"check_state: the saved recap optimizer state .* earlier layout \(1: an "):
+    with pytest.raises(ValueError, match=r"check_state: the saved recap optimizer state .* layout 1 \(an optax\.part"):
         optimizers.check_state(old_state, tx.init(params))
     restored_as_dicts = jax.tree_util.tree_map(np.asarray, optax.tree_utils.tree_get(old_state, "inner_states"))
-    with pytest.raises(ValueError, match=r"earlier layout .* start from tx\.init\(params\)"):
+    with pytest.raises(ValueError, match=r"layout 1 .* live optimizer layout 3 .* start from tx\.init\(params\)"):
         optimizers.check_state({"inner_states": restored_as_dicts}, tx.init(params))
-    with pytest.raises(ValueError, match=r"build_recap_optimizer: this state has the earlier layout"):
+    # Layout 2 (one torch-rule state per group, with its version), as a checkpoint restores it without a target.
+    layout_2 = {"inner_states": {k: {"inner_state": v} for k, v in restored_as_dicts.items()}, "recap_layout": 2}
+    with pytest.raises(ValueError, match=r"has layout 2 \(one torch-rule state per group.*live optimizer layout 3"):
+        optimizers.check_state(layout_2, tx.init(params))
+    with pytest.raises(ValueError, match=r"build_recap_optimizer: this state has the earlier layout 1"):
         tx.update(grads_at(params, 0), old_state)
+    with pytest.raises(TypeError, match=r"expected a RecapState, got a mapping of layout 2 .*restore it into tx\.init"):
+        tx.update(grads_at(params, 0), layout_2)
     optimizers.check_state(tx.init(params), tx.init(params))
 
 
@@ -159,8 +160,12 @@ def test_state_layout_and_group_rates() -> None:
     state = tx.init(params)
     assert isinstance(state, recap_rules.RecapState)
     assert int(state.recap_layout) == recap_rules.RECAP_LAYOUT
-    assert set(state.inner_states) == {"t0", "t1", "t2", "t3", "backbone", "dense_ebc"}
-    assert len(state.inner_states["t0"].inner_state.mu) == 2  # the group's own leaves only
+    assert state.learning_rates.names == ("t0", "t1", "t2", "t3", "backbone", "dense_ebc")
+    assert set(state.mu) == set(state.nu) == {"t0", "t1", "t2", "t3", "backbone"}  # dense_ebc is SGD
+    assert len(state.mu["t0"]) == 2  # the group's own leaves only
+    # As many leaves as one torch_adam's state over the same parameters (the rate vector for its rate), less the
+    # SGD table's two moments, plus the layout.
+    assert len(jax.tree.leaves(state)) == len(jax.tree.leaves(torch_rules.torch_adam(0.1).init(params))) - 2 + 1
     for k in range(5):
         _, state = tx.update(grads_at(params, k), state)
     rates = {n: float(r) for n, r in optimizers.group_learning_rates(state).items()}
@@ -178,3 +183,33 @@ def test_a_tree_with_other_parameters_is_refused() -> None:
     tx = optimizers.build_recap_optimizer(params, towers_config(2), EMB)
     with pytest.raises(ValueError, match=r"built for other parameters; unknown names \['towers\.t9\.w'\]"):
         tx.init({**params, "towers": {**params["towers"], "t9": {"w": jnp.ones(1)}}})
+
+
+def test_check_state_names_the_groups_that_differ() -> None:
+    params = towers_params(4)
+    saved = optimizers.build_recap_optimizer(params, towers_config(4), EMB).init(params)
+    swapped = towers_config(4, (KINDS[0], KINDS[2], KINDS[1], KINDS[3]))
+    live = optimizers.build_recap_optimizer(params, swapped, EMB).init(params)
+    with pytest.raises(ValueError, match=r"group 't1' \(built_from\): learning_rate: .*; group 't2' \(built_from\)"):
+        optimizers.check_state(saved, live)
+    with pytest.raises(ValueError, match=r"group 't1' \(built_from\): learning_rate: .*group 't2'"):
+        optimizers.check_state(as_plain_dicts(saved), live)
+    # Other groups: by name in a typed state, by shape in one restored as plain dicts.
+    fewer = optimizers.build_recap_optimizer(towers_params(3), towers_config(3), EMB).init(towers_params(3))
+    with pytest.raises(ValueError, match=r"groups: saved \['t0', 't1', 't2', 'backbone', 'dense_ebc'\], configured"):
+        optimizers.check_state(fewer, live)
+    with pytest.raises(ValueError, match=r"learning_rate: saved records of shape \(5, 23\), configured \(6, 23\)"):
+        optimizers.check_state(as_plain_dicts(fewer), live)
+    optimizers.check_state(as_plain_dicts(live), live)
+
+
+def as_plain_dicts(state: Any) -> dict[str, Any]:
+    """A state as a checkpoint restores it without a target: nested dicts keyed by the key path's names."""
+    out: dict[str, Any] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        *head, last = grouping.path_to_name(path).split(".")
+        node = out
+        for key in head:
+            node = node.setdefault(key, {})
+        node[last] = np.asarray(leaf)
+    return out

@@ -139,7 +139,7 @@ def run_jax(
 
 
 def _state_lrs(state: Any) -> dict[str, jax.Array]:
-    if hasattr(state, "inner_states"):
+    if hasattr(state, "recap_layout") or hasattr(state, "inner_states"):  # the recap state, a partition
         return optimizers.group_learning_rates(state)
     return {"all": optimizers.learning_rate(state)}
 
