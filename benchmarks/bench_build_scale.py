@@ -40,27 +40,55 @@ TOWERS = (1, 12, 100, 1000)
 GROUPS = (1000, 10_000)
 
 _BUILD_SCRIPT = r"""
-import json, sys, time
+import gc, json, sys, time
 sys.path[:0] = [{root!r}, {bench!r}]
 import torch
 torch.set_num_threads(1)
 from bench_optimizer import RecapShapedModel, emb_config, recap_config
 from bench_scale import python_lr
+from torch.optim.lr_scheduler import LambdaLR
+import torch_bridge
 n, contender = int(sys.argv[1]), sys.argv[2]
 model = RecapShapedModel(num_towers=n)
 cfg, emb = recap_config(n), emb_config()
-if contender == "bridge":
-    import torch_bridge
+parts = {{}}
+if contender == "parts":
+    # The bridge's build with its phases timed where it calls them; each phase's own time (a call inside another
+    # phase counts in its own phase only).
+    import torch_bridge.recap as recap_module
+    from functional_opt import grouping, schedule_kinds
+    open_phases = []
+
+    def timed(label, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            open_phases.append(label)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent = time.perf_counter() - t0
+                open_phases.pop()
+                parts[label] = parts.get(label, 0.0) + spent
+                if open_phases:
+                    parts[open_phases[-1]] = parts.get(open_phases[-1], 0.0) - spent
+        return wrapper
+
+    grouping.recap_groups = timed("grouping", grouping.recap_groups)
+    schedule_kinds.evaluate = timed("schedule evaluation", schedule_kinds.evaluate)
+    recap_module.RecapLRShim = timed("scheduler", recap_module.RecapLRShim)
+    torch.optim.Adam.__init__ = timed("torch optimizers", torch.optim.Adam.__init__)
+    torch.optim.SGD.__init__ = timed("torch optimizers", torch.optim.SGD.__init__)
+gc.collect()  # the imports' garbage is collected first: neither contender pays a collection the imports owe
+if contender in ("bridge", "parts"):
     start = time.perf_counter()
     torch_bridge.build_recap_optimizer(model, cfg, emb)
 else:
-    from torch.optim.lr_scheduler import LambdaLR
     start = time.perf_counter()
     towers = {{t.replace(".", "__"): t for t in cfg.multi_task_learning_rates.tower_learning_rates}}
     groups = {{}}
     for name, p in model.named_parameters():
-        parts = name.split(".")
-        tower = next((towers[c] for c in parts[1:-1] if c in towers), None)
+        parts_of_name = name.split(".")
+        tower = next((towers[c] for c in parts_of_name[1:-1] if c in towers), None)
         key = tower or ("dense_ebc" if "embedding_bags" in name else "backbone")
         groups.setdefault(key, []).append(p)
     rates = dict(cfg.multi_task_learning_rates.tower_learning_rates)
@@ -70,30 +98,40 @@ else:
     sgd = torch.optim.SGD(groups["dense_ebc"], lr=1.0)
     LambdaLR(adam, [lambda s, lr=rates[k]: python_lr(lr, s) for k in dense])
     LambdaLR(sgd, lambda s, lr=emb.learning_rate: python_lr(lr, s))
-print(json.dumps(time.perf_counter() - start))
+total = time.perf_counter() - start
+print(json.dumps({{"total": total, "parts": parts}}))
 """
 
 
-def _build_once(n: int, contender: str) -> float:
+def _build_once(n: int, contender: str) -> dict[str, Any]:
     script = _BUILD_SCRIPT.format(root=str(ROOT), bench=str(ROOT / "benchmarks"))
     out = subprocess.run(
         [sys.executable, "-c", script, str(n), contender], capture_output=True, text=True, check=True, cwd=ROOT
     )
-    return float(json.loads(out.stdout.strip().splitlines()[-1]))
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def build(towers: tuple[int, ...] = TOWERS, repeats: int = 3) -> dict[int, dict[str, Any]]:
-    """Seconds of the first build in a fresh process, per contender; ratio bridge / hand-written per repeat."""
+    """Seconds of the first build in a fresh process, per contender; ratio bridge / hand-written per repeat.
+
+    Each size also times the bridge's build by phase in one more fresh process
+    (``parts``: the grouping, the schedules' evaluation, torch's optimizer
+    constructors, the scheduler, and the rest: torchrec's wrappers and the checks).
+    """
     results = {}
     for n in towers:
         times: dict[str, list[float]] = {"bridge": [], "hand-written": []}
         for _ in range(repeats):
             for contender in times:
-                times[contender].append(_build_once(n, contender))
+                times[contender].append(_build_once(n, contender)["total"])
         ratios = [b / h for b, h in zip(times["bridge"], times["hand-written"], strict=True)]
+        timed = _build_once(n, "parts")
+        parts = dict(timed["parts"])
+        parts["rest"] = timed["total"] - sum(parts.values())
         results[n] = {
             "seconds": {k: statistics.median(v) for k, v in times.items()},
             "ratio": statistics.median(ratios),
+            "parts": parts,
         }
     return results
 

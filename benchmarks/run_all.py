@@ -6,7 +6,8 @@ This is what ``make bench`` runs (``python benchmarks/run_all.py``). It writes:
   benchmark a table of medians with min/max over repeats, the ratios against
   their bars and a PASS/FAIL column per bar;
 * ``docs/benchmarks_lr_curves.png``: the learning-rate curves of ``examples/*.yaml``;
-* ``docs/benchmarks_scale.png``: step cost against the number of towers.
+* ``docs/benchmarks_scale.png``: step cost against the number of towers;
+* ``docs/benchmarks_scale_ratios.png``: the build and JAX recap ratios against the number of towers.
 
 Every figure is a ratio of contenders timed side by side in one process
 (interleaved, repeated, median of the per-repeat ratios), so it means the
@@ -34,38 +35,22 @@ import bench_build_scale
 import bench_common
 import bench_compile
 import bench_jax
+import bench_jax_scale
 import bench_optimizer
 import bench_scale
 import bench_scheduler
+import bench_yaml
 import plot_lr_curves
+import scale_sections
+from bench_markdown import ratio_cells as _ratio
+from bench_markdown import table as _table
+from bench_markdown import us_cells as _us
+from bench_markdown import verdict as _verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 LR_CURVES_PNG = "benchmarks_lr_curves.png"
 SCALE_PNG = "benchmarks_scale.png"
-
-
-# --- markdown helpers -------------------------------------------------------------------------------
-
-
-def _table(header: list[str], rows: list[list[str]], align: str | None = None) -> str:
-    """A GitHub markdown table; ``align`` holds one of ``l``/``r`` per column (default: first left, rest right)."""
-    align = align or "l" + "r" * (len(header) - 1)
-    rule = ["---:" if a == "r" else ":---" for a in align]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _us(s: dict[str, float], digits: int = 1) -> list[str]:
-    return [f"{s['median']:.{digits}f}", f"{s['min']:.{digits}f} – {s['max']:.{digits}f}"]
-
-
-def _ratio(r: dict[str, float]) -> list[str]:
-    return [f"{r['median']:.3f}", f"{r['min']:.2f} – {r['max']:.2f}"]
-
-
-def _verdict(ok: bool) -> str:
-    return "**PASS**" if ok else "**FAIL**"
+SCALE_RATIOS_PNG = "benchmarks_scale_ratios.png"
 
 
 # --- sections ---------------------------------------------------------------------------------------
@@ -300,114 +285,6 @@ TML's one optimizer per tower stays several times slower.
 """
 
 
-BUILD_BAR = 1.5
-CONSTRUCTION_BAR_S = 1.0
-SHIM_STEP_BAR = 0.6
-CLI_BAR_S = 10.0
-
-
-def build_scale_section(results: dict[str, Any]) -> tuple[str, list[list[str]]]:
-    summary = []
-    build_rows = []
-    for n, entry in results["build"].items():
-        s = entry["seconds"]
-        ok = entry["ratio"] <= BUILD_BAR
-        build_rows.append(
-            [
-                str(n),
-                f"{s['bridge'] * 1e3:.1f}",
-                f"{s['hand-written'] * 1e3:.1f}",
-                f"{entry['ratio']:.2f}",
-                f"<= {BUILD_BAR}",
-                _verdict(ok),
-            ]
-        )
-        summary.append(
-            [
-                f"build_recap_optimizer / hand-written ({n} towers)",
-                f"{entry['ratio']:.2f}",
-                f"<= {BUILD_BAR}",
-                _verdict(ok),
-            ]
-        )
-    shim_rows = []
-    for count, entry in results["schedulers"].items():
-        us = entry["us_per_step"]
-        ok_build = entry["construction_s"] < CONSTRUCTION_BAR_S
-        ok_step = entry["ratio"] <= SHIM_STEP_BAR
-        shim_rows.append(
-            [
-                str(count),
-                f"{entry['construction_s']:.3f}",
-                f"{us['shim']:.1f}",
-                f"{us['LambdaLR']:.1f}",
-                f"{entry['ratio']:.3f}",
-                str(entry["block_steps"]),
-                f"{entry['table_mib']:.1f}",
-            ]
-        )
-        summary.append(
-            [
-                f"LRShim construction, {count} distinct configs (s)",
-                f"{entry['construction_s']:.3f}",
-                f"< {CONSTRUCTION_BAR_S}",
-                _verdict(ok_build),
-            ]
-        )
-        summary.append(
-            [
-                f"LRShim.step / LambdaLR.step ({count} groups)",
-                f"{entry['ratio']:.3f}",
-                f"<= {SHIM_STEP_BAR}",
-                _verdict(ok_step),
-            ]
-        )
-    cli = results["cli"]
-    for name, seconds in cli.items():
-        summary.append(
-            [
-                f"functional-opt {name}, {results['cli_towers']} towers (s)",
-                f"{seconds:.1f}",
-                f"< {CLI_BAR_S}",
-                _verdict(seconds < CLI_BAR_S),
-            ]
-        )
-    compiles = results["compilations"]
-    text = f"""## Scale: building and scheduling
-
-Schedules are data: each kind of schedule is one formula of the step and an array of parameters
-(`functional_opt/schedule_kinds.py`), evaluated for every group of a kind at once in numpy float64 by the torch
-schedulers' tables, `compute_lr`, the builders, `plot` and `table`. Nothing is compiled per config.
-
-**Build.** `torch_bridge.build_recap_optimizer` against a hand-written `Adam(fused=True)` with a group per tower
-plus an SGD for the tables, each with a `LambdaLR` running the schedules written in Python (the model is the
-recap-shaped model of the scale section; the build is the first one in a fresh process, the two contenders in
-alternate processes; milliseconds, medians).
-
-{_table(["towers", "bridge ms", "hand-written ms", "bridge / hand-written", "bar", "result"], build_rows)}
-
-What bounds the ratio at small sizes: the hand-written build makes the torch optimizers and nothing else (under a
-millisecond), while the bridge also checks the config and the grouping, creates the Adam state (so a fresh
-optimizer takes a checkpoint), fills the scheduler's first block, and pays its first-call imports (torchrec's
-optimizer modules are imported by the first build, not by `import torch_bridge`). At 1000 towers both are
-dominated by torch's own `Optimizer.add_param_group`, which checks every new group against every earlier one.
-
-**Schedulers.** `LRShim` over one-parameter groups with as many distinct linear-ramp-to-cosine configs, against
-`LambdaLR` with the same schedules written in Python; the table refills happen at their real rate (blocks of at
-most 2**18 values); memory of one block (tracemalloc).
-
-{_table(["groups", "construction s", "shim us/step", "LambdaLR us/step", "shim / LambdaLR", "block steps",
-         "block MiB"], shim_rows)}
-
-**CLI.** `functional-opt table` and `plot` on a config of {results["cli_towers"]} towers, fresh processes
-(imports included): {", ".join(f"{k} {v:.1f} s" for k, v in cli.items())}.
-
-**Compilations.** XLA compilations during a {results["compilation_towers"]}-tower torch recap build:
-{compiles["build"]}; during its first {results["compilation_steps"]} scheduler steps: {compiles["steps"]}.
-"""
-    return text, summary
-
-
 def gpu_section(results: dict[str, Any] | None) -> str:
     if results is None:
         return """## GPU
@@ -479,9 +356,12 @@ def run(output: Path, docs: Path, quick: bool = False) -> dict[str, Any]:
         "jax": _timed("JAX", lambda: bench_jax.run(*((2, 3, 10_000, 2) if q else (150, 25, 1_000_000, 15)))),
         "scale": _timed("scale", lambda: bench_scale.run(towers=(1, 4) if q else bench_scale.TOWERS, quick=q)),
         "build_scale": _timed("build and scheduler scale", lambda: bench_build_scale.run(quick=q)),
+        "jax_scale": _timed("JAX recap scale", lambda: bench_jax_scale.run_report(quick=q)),
+        "yaml": _timed("YAML reading", lambda: bench_yaml.run(repeats=1 if q else 3)),
         "gpu": _timed("GPU", lambda: _gpu(q)),
     }
     scale_png = bench_scale.plot(results["scale"], docs / SCALE_PNG)
+    ratios_png = scale_sections.plot_ratios(results["build_scale"], results["jax_scale"], docs / SCALE_RATIOS_PNG)
     curves_png, example_files = _timed("learning-rate curves", lambda: plot_lr_curves.plot(docs / LR_CURVES_PNG))
     elapsed = time.perf_counter() - started
 
@@ -492,11 +372,13 @@ def run(output: Path, docs: Path, quick: bool = False) -> dict[str, Any]:
         optimizer_section(results["optimizer"]),
         compile_section(results["compile"]),
         jax_section(results["jax"]),
-        build_scale_section(results["build_scale"]),
+        scale_sections.build_scale_section(results["build_scale"]),
+        scale_sections.jax_scale_section(results["jax_scale"], _relative(ratios_png, output)),
     ):
         sections.append(text)
         summary += rows
     sections.append(scale_section(results["scale"], _relative(scale_png, output)))
+    sections.append(scale_sections.yaml_section(results["yaml"]))
     sections.append(gpu_section(results["gpu"]))
     sections.append(lr_curves_section(_relative(curves_png, output), example_files))
 

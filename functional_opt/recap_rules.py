@@ -162,7 +162,7 @@ def _integer_piecewise(params: dict[str, np.ndarray], dtype: Any) -> dict[str, n
 def _kind_rates(tables: Sequence[_KindTable], count: jax.Array) -> list[jax.Array]:
     """Each kind's rates at the integer step(s) ``count``, one formula call per kind: ``count``'s shape + ``(G_k,)``.
 
-    ``count`` is a scalar (one update) or a column of steps ``(S, 1)`` (the records).
+    ``count`` is the update count, a scalar (or any shape: the groups are the last axis).
     """
     float_type = jnp.result_type(float)
     out = []
@@ -299,6 +299,8 @@ def grouped_torch_rules(
     adam_groups = [g for g in range(len(groups)) if is_adam[g]]
     adam_mask = np.asarray(is_adam)
     tables = _tables(groups)
+    # The records: every group's rate at PROBE_STEPS, compute_lr's float64 values (numpy: nothing to compile).
+    probe_rates = kinds.evaluate([group.learning_rate for group in groups], parts.PROBE_STEPS)
     layouts: dict[Any, tuple[Any, list[tuple[int, int]]]] = {}
 
     def layout(tree: Any) -> tuple[list[jax.Array], Any, list[tuple[int, int]]]:
@@ -330,8 +332,7 @@ def grouped_torch_rules(
 
     def init_fn(params: optax.Params) -> RecapState:
         arrays, _, places = layout(params)
-        probe = jnp.asarray(parts.PROBE_STEPS, dtype=jnp.int32)[:, None]
-        records = _in_group_order(tables, _kind_rates(tables, probe))  # (P, G)
+        records = jnp.asarray(probe_rates, dtype=jnp.result_type(float))  # (P, G)
         leaves = by_group(arrays, places)
         moments = {names[g]: tuple(_zeros(x) for x in leaves[g]) for g in adam_groups}
         return RecapState(

@@ -83,7 +83,8 @@ def test_float64_numbers_equal_one_optimizer_per_group() -> None:
         new_lr_records = new_state.built_from["learning_rate"].as_dict()
         for name, group_state in old_state.inner_states.items():
             old_record = optax.tree_utils.tree_get(group_state, "built_from")
-            np.testing.assert_array_equal(new_lr_records[name], old_record["learning_rate"])
+            # compute_lr's numpy values against the per-group jnp ones: equal but for the last bit of a cosine.
+            np.testing.assert_allclose(new_lr_records[name], old_record["learning_rate"], rtol=3e-16, atol=0)
             for field in ("b1", "b2", "eps"):
                 if field in old_record:
                     np.testing.assert_array_equal(new_state.built_from[field], old_record[field])

@@ -12,8 +12,12 @@ It is torchrec's own class with these changes:
   refuses a state that belongs to another optimizer (other towers, another group
   count, other shapes or dtypes, other hyper-parameters) whole, with a message
   naming each difference, before a single value is copied, and loads into a
-  freshly built optimizer (the builder creates the Adam state when it builds:
-  see :func:`torch_bridge.workarounds.initialise_state`).
+  freshly built optimizer;
+* ``state`` (read by ``state_dict``, ``load_state_dict`` and DCP) first creates
+  the state torch's Adam creates at its first step, for the parameters that have
+  none yet (:func:`torch_bridge.workarounds.initialise_state`): torchrec loads only
+  into existing state, and DCP runs a step of its own on an optimizer without
+  state. Building and stepping never pay for it.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from torchrec.optim.keyed import CombinedOptimizer
+import torch
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
 from torch_bridge.state_checks import GROUPS_KEY, group_records, keyed_state_problems
-from torch_bridge.workarounds import evaluate_closure_once, keyed_from_positions
+from torch_bridge.workarounds import evaluate_closure_once, initialise_state, keyed_from_positions
 
 __all__ = ["RecapOptimizer"]
 
@@ -38,6 +43,16 @@ class RecapOptimizer(CombinedOptimizer):
     hyper-parameters, as torchrec's ``save_param_groups(True)`` writes them) and
     ``"functional_opt_param_groups"``: ``[{"name": ..., "params": [keys]}, ...]``.
     """
+
+    @property
+    def state(self) -> Mapping[torch.Tensor, Any]:  # type: ignore[override]
+        """torchrec's combined state, the dense optimizers' state created first where a parameter has none."""
+        if not getattr(self, "_dense_state_created", False):
+            for _, child in self._optims:
+                if isinstance(child, KeyedOptimizerWrapper):
+                    initialise_state(child._optimizer)
+            self._dense_state_created = True
+        return super().state
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Evaluates ``closure`` once (when given), then steps every child optimizer.

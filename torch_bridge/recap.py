@@ -56,13 +56,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torchrec.optim.keyed import KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from functional_opt import config as config_lib
 from functional_opt import grouping, schedule_kinds
 from functional_opt.config_file import EMBEDDINGS
+from torch_bridge.keyed import RecapOptimizer
 from torch_bridge.optimizers import can_fuse_adam, initial_lr
 from torch_bridge.recap_scheduler import RecapLRShim
-from torch_bridge.workarounds import fused_leaves, initialise_state
+from torch_bridge.workarounds import fused_leaves
 
 if TYPE_CHECKING:
     from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer
@@ -100,11 +103,6 @@ def build_recap_optimizer(
             or in-backward parameters that no fused optimizer exposes.
         TypeError: a config of the wrong type.
     """
-    from torchrec.optim.keyed import KeyedOptimizerWrapper
-    from torchrec.optim.optimizers import in_backward_optimizer_filter
-
-    from torch_bridge.keyed import RecapOptimizer
-
     if not isinstance(recap_config, config_lib.RecapOptimizerConfig):
         raise TypeError(f"build_recap_optimizer: expected a RecapOptimizerConfig, got {type(recap_config).__name__}")
     if emb_optimizer_config is not None and not isinstance(emb_optimizer_config, config_lib.EmbeddingOptimizerConfig):
@@ -113,8 +111,9 @@ def build_recap_optimizer(
             f"got {type(emb_optimizer_config).__name__}"
         )
 
-    named = dict(in_backward_optimizer_filter(model.named_parameters(), include=False))
-    in_backward = [n for n, p in in_backward_optimizer_filter(model.named_parameters(), include=True) if p.numel()]
+    every = list(model.named_parameters())
+    named = dict(in_backward_optimizer_filter(every, include=False))
+    in_backward = [n for n, p in in_backward_optimizer_filter(every, include=True) if p.numel()]
     fused = _fused_optimizer(model)
     _check_in_backward(in_backward, fused)
     emb_learning_rate = _embedding_learning_rate(fused, emb_optimizer_config)
@@ -132,7 +131,7 @@ def build_recap_optimizer(
         use_fused = can_fuse_adam(adam_params.values())
 
         def make_adam(_: Any) -> torch.optim.Optimizer:
-            made = torch.optim.Adam(
+            return torch.optim.Adam(
                 adam_param_groups,
                 betas=(adam.beta_1, adam.beta_2),
                 eps=adam.epsilon,
@@ -141,9 +140,6 @@ def build_recap_optimizer(
                 # torch's multi-tensor Adam rejects a tensor lr unless capturable.
                 foreach=False if tensor_lr and not use_fused else None,
             )
-            # A freshly built optimizer must take a checkpoint (torchrec loads only into existing state).
-            initialise_state(made)
-            return made
 
         optimizers.append(KeyedOptimizerWrapper(adam_params, make_adam))
     for group in (g for g in groups if g.algorithm == "sgd"):

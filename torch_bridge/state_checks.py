@@ -193,8 +193,8 @@ def keyed_state_problems(optimizer: Any, state_dict: Mapping[str, Any]) -> list[
     Compares the param groups recorded under :data:`GROUPS_KEY` (when present),
     the hyper-parameters of saved ``param_groups`` (when present), the parameter
     keys, each parameter's state entries, and the type, dtype kind and shape of
-    every tensor. The live optimizer's state must be initialised (the builders
-    of this package initialise it when they build).
+    every tensor. The live optimizer's state must be initialised (the
+    optimizers of this package's builders create it before it is read).
     """
     if not isinstance(state_dict, Mapping) or not isinstance(state_dict.get("state"), Mapping):
         return [f"expected a dict with a 'state' entry, got {type(state_dict).__name__}"]

@@ -14,8 +14,10 @@ deleted here (and nowhere else) when upstream changes.
   checkpoint only into state that already exists, so a freshly built keyed
   optimizer (what Lightning, the HF ``Trainer`` and DCP load into) refuses every
   checkpoint, and DCP's in-place ``load`` fills only the state that a fresh
-  ``state_dict()`` already holds. The builders create the state when they
-  build, exactly as torch's first step would create it.
+  ``state_dict()`` already holds. The state is created exactly as torch's first
+  step would create it: by :func:`torch_bridge.build_optimizer` when it builds,
+  and by the recap optimizer when its ``state`` is first read (its
+  ``state_dict``, ``load_state_dict``, DCP), so building it costs no allocation.
 * :func:`evaluate_closure_once`: torchrec's ``CombinedOptimizer.step(closure)``
   hands the closure to every child optimizer, so a training step runs once per
   child.
