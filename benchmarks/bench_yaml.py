@@ -60,12 +60,12 @@ def _library(path: Path) -> None:
         pass
 
 
-def run(repeats: int = 3) -> dict[str, Any]:
-    """Medians over ``repeats`` of each load, and the library / plain-libyaml ratio of the big file."""
+def run(repeats: int = 3, size: int = 5 * 2**20) -> dict[str, Any]:
+    """Medians over ``repeats`` of each load, and the library / plain-libyaml ratio of a file of ``size`` bytes."""
     with tempfile.TemporaryDirectory() as tmp:
         bomb = Path(tmp) / "bomb.yaml"
         bomb.write_text(BOMB + "\n", encoding="utf-8")
-        big = _big_file(Path(tmp) / "big.yaml")
+        big = _big_file(Path(tmp) / "big.yaml", size)
         bomb_s = statistics.median(_seconds(lambda: _library(bomb)) for _ in range(repeats))
         ratios, library, plain = [], [], []
         for _ in range(repeats):

@@ -357,7 +357,7 @@ def run(output: Path, docs: Path, quick: bool = False) -> dict[str, Any]:
         "scale": _timed("scale", lambda: bench_scale.run(towers=(1, 4) if q else bench_scale.TOWERS, quick=q)),
         "build_scale": _timed("build and scheduler scale", lambda: bench_build_scale.run(quick=q)),
         "jax_scale": _timed("JAX recap scale", lambda: bench_jax_scale.run_report(quick=q)),
-        "yaml": _timed("YAML reading", lambda: bench_yaml.run(repeats=1 if q else 3)),
+        "yaml": _timed("YAML reading", lambda: bench_yaml.run(*((1, 2**19) if q else (3, 5 * 2**20)))),
         "gpu": _timed("GPU", lambda: _gpu(q)),
     }
     scale_png = bench_scale.plot(results["scale"], docs / SCALE_PNG)

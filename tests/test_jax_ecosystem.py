@@ -251,7 +251,8 @@ def test_orbax_restore_refuses_another_config_and_resumes_the_same(tmp_path: Pat
         ),
         "multi_task_learning_rates__backbone_learning_rate": (
             RAMP,
-            r"group 'backbone' \(built_from\): learning_rate: saved \[0\.0, 0\.016666666666666666, .*configured \[0\.0, 0\.04",
+            r"group 'backbone' \(built_from\): learning_rate: "
+            r"saved \[0\.0, 0\.016666666666666666, .*configured \[0\.0, 0\.04",
         ),
     }
     for change, (value, message) in other_configs.items():
