@@ -41,7 +41,6 @@ Example:
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
@@ -165,7 +164,12 @@ def recap_groups(
             (extra); the message lists the names.
     """
     names = list(param_names)
-    duplicates = sorted(n for n, count in collections.Counter(names).items() if count > 1)
+    # A set, not collections.Counter: Counter's first isinstance(list, Mapping) walks every registered Mapping.
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    for n in names:
+        (repeated if n in seen else seen).add(n)
+    duplicates = sorted(repeated)
     if duplicates:
         raise ValueError(f"recap_groups: duplicate parameter names {duplicates}")
     multi = recap_config.multi_task_learning_rates

@@ -118,7 +118,8 @@ def resolve(owner: str, name: str, value: Any) -> Resolved:
             :data:`PROBE_STEPS`.
         TypeError: neither a config, a mapping nor a callable.
     """
-    if isinstance(value, Mapping):
+    # A config is recognised before the Mapping test: a type's first isinstance(x, Mapping) costs about 0.2 ms.
+    if not isinstance(value, config_lib.LearningRate) and isinstance(value, Mapping):
         try:
             value = config_lib.LearningRate.model_validate(dict(value))
         except Exception as exc:  # pydantic.ValidationError
