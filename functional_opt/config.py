@@ -10,7 +10,8 @@ not used) loads unchanged. On top of TML's schema every model:
   one algorithm per ``OptimizerConfig``, one of multi-task / single-task LR);
 * checks the values a schedule or an optimizer needs to be well defined:
   piecewise lengths agree, boundaries strictly increase and are non-negative,
-  ``final_num_steps > num_ramp_steps``, learning rates are finite,
+  ``final_num_steps > num_ramp_steps``, every phase of a schedule lasts a
+  step or more, sequences nest at most 8 deep, learning rates are finite,
   non-negative and representable in float32, betas lie in ``[0, 1)`` and
   ``eps >= 0``.
 
@@ -53,6 +54,16 @@ from functional_opt.schedule_config import (
     LinearRampToConstant,
     LinearRampToCosine,
     PiecewiseConstant,
+    Segment,
+)
+from functional_opt.schedule_config_common import (
+    CosineRestarts,
+    ExponentialDecay,
+    InverseSqrt,
+    Linear,
+    MultiStep,
+    OneCycle,
+    WarmupStableDecay,
 )
 
 __all__ = [
@@ -62,16 +73,24 @@ __all__ = [
     "AdagradConfig",
     "AdamConfig",
     "BaseConfig",
+    "CosineRestarts",
     "EmbeddingOptimizerConfig",
+    "ExponentialDecay",
+    "InverseSqrt",
     "LearningRate",
+    "Linear",
     "LinearRampToConstant",
     "LinearRampToCosine",
+    "MultiStep",
     "MultiTaskLearningRates",
+    "OneCycle",
     "OptimizerConfig",
     "PiecewiseConstant",
     "RecapAdamConfig",
     "RecapOptimizerConfig",
+    "Segment",
     "SgdConfig",
+    "WarmupStableDecay",
     "get_optimizer_algorithm_config",
     "load_config_from_yaml",
 ]

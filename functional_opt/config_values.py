@@ -42,6 +42,7 @@ __all__ = [
     "MAX_STEP",
     "RESERVED_GROUP_NAMES",
     "Integer",
+    "NonNegativeInteger",
     "Number",
     "PositiveInteger",
 ]
@@ -111,6 +112,8 @@ Integer = Annotated[int, BeforeValidator(_strict_integer)]
 """An int field that takes ints and integral floats only."""
 PositiveInteger = Annotated[int, BeforeValidator(_strict_integer), Field(gt=0)]
 """An :data:`Integer` > 0."""
+NonNegativeInteger = Annotated[int, BeforeValidator(_strict_integer), Field(ge=0)]
+"""An :data:`Integer` >= 0."""
 
 
 def _check_group_name(name: Any) -> str | None:

@@ -1,8 +1,10 @@
-"""The schedule part of the config schema: ``LearningRate`` and its four kinds, on the shared ``BaseConfig``.
+"""The schedule part of the config schema: ``LearningRate``, TML's four kinds and ``sequence`` segments.
 
-Field for field TML's (``tml.optimizers.config``); :mod:`functional_opt.config`
-re-exports every name here, which is where users import them from. Every model
-rejects unknown keys, and a ``LearningRate`` holds exactly one schedule.
+TML's four kinds are field for field TML's (``tml.optimizers.config``); the
+kinds optax and torch define live in :mod:`functional_opt.schedule_config_common`.
+:mod:`functional_opt.config` re-exports every name here, which is where users
+import them from. Every model rejects unknown keys, and a ``LearningRate``
+holds exactly one schedule.
 
 Example:
     >>> lr = LearningRate(linear_ramp_to_constant={"learning_rate": 0.1, "num_ramp_steps": 10})
@@ -13,39 +15,40 @@ Example:
 from __future__ import annotations
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from functional_opt.config_base import BaseConfig
 from functional_opt.config_values import (
+    MAX_STEP,
     Integer,
+    NonNegativeInteger,
     Number,
     PositiveInteger,
     _check_learning_rate,
 )
+from functional_opt.schedule_config_common import (
+    CosineRestarts,
+    ExponentialDecay,
+    InverseSqrt,
+    Linear,
+    MultiStep,
+    OneCycle,
+    WarmupStableDecay,
+)
 
 __all__ = [
+    "MAX_SEQUENCE_DEPTH",
     "SCHEDULE_FIELDS",
     "BaseConfig",
     "LearningRate",
     "LinearRampToConstant",
     "LinearRampToCosine",
     "PiecewiseConstant",
+    "Segment",
 ]
 
-
-class BaseConfig(BaseModel):
-    """Base of every config model: unknown keys are rejected, values are checked on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
-
-    def _one_of(self, group: str, fields: tuple[str, ...], *, required: bool = True) -> None:
-        """Raises ValueError unless exactly one (or at most one) of ``fields`` is set."""
-        chosen = [f for f in fields if getattr(self, f) is not None]
-        if len(chosen) > 1 or (required and not chosen):
-            what = "exactly one" if required else "at most one"
-            raise ValueError(
-                f"{type(self).__name__}: {what} of {list(fields)} ({group}) must be set, "
-                f"got {chosen if chosen else 'none'}"
-            )
+MAX_SEQUENCE_DEPTH = 8
+"""How deeply ``sequence`` schedules may nest."""
 
 
 class PiecewiseConstant(BaseConfig):
@@ -106,6 +109,10 @@ class PiecewiseConstant(BaseConfig):
             )
         return self
 
+    @property
+    def breakpoints(self) -> list[int]:
+        return list(self.learning_rate_boundaries or [])
+
 
 class LinearRampToConstant(BaseConfig):
     """``min(learning_rate, learning_rate / num_ramp_steps * step)``.
@@ -122,6 +129,10 @@ class LinearRampToConstant(BaseConfig):
     @classmethod
     def _lr(cls, value: float) -> float:
         return _check_learning_rate(value, "learning_rate")
+
+    @property
+    def breakpoints(self) -> list[int]:
+        return [self.num_ramp_steps]
 
 
 class LinearRampToCosine(BaseConfig):
@@ -153,29 +164,85 @@ class LinearRampToCosine(BaseConfig):
             )
         return self
 
+    @property
+    def breakpoints(self) -> list[int]:
+        return [self.num_ramp_steps, self.final_num_steps]
 
-SCHEDULE_FIELDS = ("constant", "linear_ramp_to_cosine", "linear_ramp_to_constant", "piecewise_constant")
+
+SCHEDULE_FIELDS = (
+    "constant",
+    "linear_ramp_to_cosine",
+    "linear_ramp_to_constant",
+    "piecewise_constant",
+    "linear",
+    "warmup_stable_decay",
+    "exponential_decay",
+    "multi_step",
+    "cosine_restarts",
+    "one_cycle",
+    "inverse_sqrt",
+    "sequence",
+)
+"""Every kind of schedule, by its ``LearningRate`` field: TML's four first."""
 
 
 class LearningRate(BaseConfig):
-    """A learning-rate schedule: exactly one of its four fields is set.
+    """A learning-rate schedule: exactly one of its fields is set.
 
     Attributes:
         constant: a constant learning rate.
         linear_ramp_to_cosine: see :class:`LinearRampToCosine`.
         linear_ramp_to_constant: see :class:`LinearRampToConstant`.
         piecewise_constant: see :class:`PiecewiseConstant`.
+        linear: see :class:`~functional_opt.schedule_config_common.Linear`.
+        warmup_stable_decay: see :class:`~functional_opt.schedule_config_common.WarmupStableDecay`.
+        exponential_decay: see :class:`~functional_opt.schedule_config_common.ExponentialDecay`.
+        multi_step: see :class:`~functional_opt.schedule_config_common.MultiStep`.
+        cosine_restarts: see :class:`~functional_opt.schedule_config_common.CosineRestarts`.
+        one_cycle: see :class:`~functional_opt.schedule_config_common.OneCycle`.
+        inverse_sqrt: see :class:`~functional_opt.schedule_config_common.InverseSqrt`.
+        sequence: schedules one after the other (see :class:`Segment`).
     """
 
     constant: Number | None = Field(None)
     linear_ramp_to_cosine: LinearRampToCosine | None = Field(None)
     linear_ramp_to_constant: LinearRampToConstant | None = Field(None)
     piecewise_constant: PiecewiseConstant | None = Field(None)
+    linear: Linear | None = Field(None)
+    warmup_stable_decay: WarmupStableDecay | None = Field(None)
+    exponential_decay: ExponentialDecay | None = Field(None)
+    multi_step: MultiStep | None = Field(None)
+    cosine_restarts: CosineRestarts | None = Field(None)
+    one_cycle: OneCycle | None = Field(None)
+    inverse_sqrt: InverseSqrt | None = Field(None)
+    sequence: list[Segment] | None = Field(None)
 
     @field_validator("constant")
     @classmethod
     def _constant(cls, value: float | None) -> float | None:
         return None if value is None else _check_learning_rate(value, "constant")
+
+    @field_validator("sequence")
+    @classmethod
+    def _segments(cls, value: list[Segment] | None) -> list[Segment] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("sequence: at least one segment is needed")
+        for i, segment in enumerate(value[:-1]):
+            if segment.num_steps is None:
+                raise ValueError(f"sequence[{i}]: num_steps is required on every segment but the last")
+        if value[-1].num_steps is not None:
+            raise ValueError(
+                f"sequence[{len(value) - 1}]: the last segment runs for ever: it takes no num_steps "
+                f"(got {value[-1].num_steps})"
+            )
+        if sum(segment.num_steps or 0 for segment in value) > MAX_STEP:
+            raise ValueError("sequence: the segments' num_steps must add up to at most 2**63 - 1")
+        depth = 1 + max(segment.learning_rate.sequence_depth for segment in value)
+        if depth > MAX_SEQUENCE_DEPTH:
+            raise ValueError(f"sequence: sequences nest {depth} deep, at most {MAX_SEQUENCE_DEPTH} are allowed")
+        return value
 
     @model_validator(mode="after")
     def _exactly_one(self) -> LearningRate:
@@ -188,18 +255,62 @@ class LearningRate(BaseConfig):
         return next(f for f in SCHEDULE_FIELDS if getattr(self, f) is not None)
 
     @property
+    def sequence_depth(self) -> int:
+        """How many ``sequence`` levels this schedule holds (0 for any other kind)."""
+        if self.sequence is None:
+            return 0
+        return 1 + max(segment.learning_rate.sequence_depth for segment in self.sequence)
+
+    @property
     def breakpoints(self) -> list[int]:
-        """The steps where the schedule changes shape: ramp end, decay end, piecewise boundaries.
+        """The steps where the schedule changes shape: ramp ends, decay ends, boundaries, segment starts.
+
+        A ``cosine_restarts`` schedule lists its first four restarts; a
+        ``sequence`` its segment starts and, shifted, the breakpoints of each
+        segment that fall inside it.
 
         Example:
             >>> LearningRate(linear_ramp_to_cosine=dict(
             ...     learning_rate=1, final_learning_rate=0, num_ramp_steps=10, final_num_steps=50)).breakpoints
             [10, 50]
         """
-        if self.linear_ramp_to_cosine is not None:
-            return [self.linear_ramp_to_cosine.num_ramp_steps, self.linear_ramp_to_cosine.final_num_steps]
-        if self.linear_ramp_to_constant is not None:
-            return [self.linear_ramp_to_constant.num_ramp_steps]
-        if self.piecewise_constant is not None:
-            return list(self.piecewise_constant.learning_rate_boundaries or [])
-        return []
+        if self.constant is not None:
+            return []
+        if self.sequence is None:
+            return list(getattr(self, self.schedule_name).breakpoints)
+        points: set[int] = set()
+        start = 0
+        for segment in self.sequence:
+            end = None if segment.num_steps is None else start + segment.num_steps
+            if start > 0:
+                points.add(start)
+            shift = start - segment.from_step
+            points.update(
+                b + shift
+                for b in segment.learning_rate.breakpoints
+                if b >= segment.from_step and (end is None or b + shift < end)
+            )
+            start = end if end is not None else start
+        return sorted(p for p in points if p <= MAX_STEP)
+
+
+class Segment(BaseConfig):
+    """One segment of a ``sequence``: a schedule run from its own step ``from_step`` for ``num_steps`` steps.
+
+    The segments run one after the other; segment ``i`` starts at ``start_i``
+    (the sum of the earlier ``num_steps``) and gives
+    ``learning_rate(s - start_i + from_step)``. Every segment but the last has
+    ``num_steps``; the last runs for ever (optax ``join_schedules``).
+
+    Attributes:
+        learning_rate: the segment's schedule (any kind; sequences nest).
+        num_steps: how many steps the segment lasts (none on the last segment).
+        from_step: the step of its own schedule the segment starts at (default 0).
+    """
+
+    learning_rate: LearningRate
+    num_steps: PositiveInteger | None = None
+    from_step: NonNegativeInteger = 0
+
+
+LearningRate.model_rebuild()
