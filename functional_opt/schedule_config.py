@@ -14,8 +14,10 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 import pydantic
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from functional_opt.config_base import BaseConfig
 from functional_opt.config_values import (
@@ -39,6 +41,7 @@ from functional_opt.schedule_config_common import (
 __all__ = [
     "MAX_SEQUENCE_DEPTH",
     "SCHEDULE_FIELDS",
+    "TML_SCHEDULE_FIELDS",
     "BaseConfig",
     "LearningRate",
     "LinearRampToConstant",
@@ -169,11 +172,11 @@ class LinearRampToCosine(BaseConfig):
         return [self.num_ramp_steps, self.final_num_steps]
 
 
+TML_SCHEDULE_FIELDS = ("constant", "linear_ramp_to_cosine", "linear_ramp_to_constant", "piecewise_constant")
+"""TML's four kinds, in TML's order."""
+
 SCHEDULE_FIELDS = (
-    "constant",
-    "linear_ramp_to_cosine",
-    "linear_ramp_to_constant",
-    "piecewise_constant",
+    *TML_SCHEDULE_FIELDS,
     "linear",
     "warmup_stable_decay",
     "exponential_decay",
@@ -248,6 +251,16 @@ class LearningRate(BaseConfig):
     def _exactly_one(self) -> LearningRate:
         self._one_of("lr", SCHEDULE_FIELDS)
         return self
+
+    @model_serializer(mode="wrap")
+    def _tml_shape(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A dump holds TML's four keys and only the other kinds that are set: it loads in TML, and records
+        # saved before those kinds existed compare equal.
+        data = handler(self)
+        for name in SCHEDULE_FIELDS[len(TML_SCHEDULE_FIELDS) :]:
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
     @property
     def schedule_name(self) -> str:

@@ -19,7 +19,7 @@ import math
 from typing import Literal
 
 import pydantic
-from pydantic import Field, StrictBool, field_validator, model_validator
+from pydantic import StrictBool, field_validator, model_validator
 
 from functional_opt.config_base import BaseConfig
 from functional_opt.config_values import (

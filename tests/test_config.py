@@ -133,7 +133,8 @@ INVALID = {
     "no_schedule": (
         config.LearningRate,
         dict(constant=None, linear_ramp_to_cosine=None, linear_ramp_to_constant=None, piecewise_constant=None),
-        r"exactly one of \['constant', 'linear_ramp_to_cosine', 'linear_ramp_to_constant', 'piecewise_constant'\]"
+        r"exactly one of \['constant', 'linear_ramp_to_cosine', 'linear_ramp_to_constant', 'piecewise_constant', "
+        r"'linear', .*'sequence'\]"
         r".*got none",
     ),
     "two_algorithms": (
