@@ -56,7 +56,7 @@ if contender == "parts":
     # The bridge's build with its phases timed where it calls them; each phase's own time (a call inside another
     # phase counts in its own phase only).
     import torch_bridge.recap as recap_module
-    from functional_opt import grouping, schedule_kinds
+    from functional_opt import grouping, schedule_plan
     open_phases = []
 
     def timed(label, fn):
@@ -74,7 +74,7 @@ if contender == "parts":
         return wrapper
 
     grouping.recap_groups = timed("grouping", grouping.recap_groups)
-    schedule_kinds.evaluate = timed("schedule evaluation", schedule_kinds.evaluate)
+    schedule_plan.evaluate = timed("schedule evaluation", schedule_plan.evaluate)
     recap_module.RecapLRShim = timed("scheduler", recap_module.RecapLRShim)
     torch.optim.Adam.__init__ = timed("torch optimizers", torch.optim.Adam.__init__)
     torch.optim.SGD.__init__ = timed("torch optimizers", torch.optim.SGD.__init__)

@@ -307,13 +307,13 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _cmd_table(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from functional_opt import schedule_kinds
+    from functional_opt import schedule_plan
 
     loaded = load_config_file(args.config)
     steps = args.steps if args.steps is not None else default_table_steps(loaded)
     learning_rates = loaded.learning_rates()
     # One evaluation as data for every schedule (one per kind in use), as compute_lr computes each value.
-    values = schedule_kinds.evaluate(list(learning_rates.values()), np.asarray(steps, dtype=np.int64))
+    values = schedule_plan.evaluate(list(learning_rates.values()), np.asarray(steps, dtype=np.int64))
     rows = {name: values[:, i].tolist() for i, name in enumerate(learning_rates)}
     print(render_table(rows, steps, args.format))
     return 0

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from functional_opt import config as config_lib
-from functional_opt import schedule_kinds
+from functional_opt import schedule_plan
 from functional_opt.cli_args import printable
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def lr_curves(
     ]
     steps = np.unique(np.concatenate([grid, np.asarray(extra, dtype=np.int64)]))
     # All schedules in one evaluation as data (one per kind in use): nothing compiles per schedule.
-    values = schedule_kinds.evaluate(list(learning_rates.values()), steps)
+    values = schedule_plan.evaluate(list(learning_rates.values()), steps)
     return steps, {label: values[:, i] for i, label in enumerate(learning_rates)}
 
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,8 +51,7 @@ import numpy as np
 import optax
 
 from functional_opt import config as config_lib
-from functional_opt import grouping
-from functional_opt import schedule_kinds as kinds
+from functional_opt import grouping, schedule_plan
 from functional_opt import torch_rule_parts as parts
 from functional_opt.recap_state import RECAP_LAYOUT, GroupValues, RecapState, describe_layout
 
@@ -74,25 +73,6 @@ def leaf_names(tree: Any) -> list[str]:
     return [grouping.path_to_name(path) for path, _ in leaves]
 
 
-class _KindTable(NamedTuple):
-    """The groups of one schedule kind: their positions among the groups and their stacked parameters."""
-
-    kind: kinds.Kind
-    members: tuple[int, ...]
-    params: dict[str, np.ndarray]
-
-
-def _tables(groups: Sequence[grouping.ParamGroup]) -> list[_KindTable]:
-    by_kind: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-    for index, group in enumerate(groups):
-        kind, row = kinds.kind_of(group.learning_rate)
-        by_kind.setdefault(kind.name, []).append((index, row))
-    return [
-        _KindTable(kinds.KINDS[name], tuple(i for i, _ in rows), kinds.stack(kinds.KINDS[name], [r for _, r in rows]))
-        for name, rows in by_kind.items()
-    ]
-
-
 def _integer_piecewise(params: dict[str, np.ndarray], dtype: Any) -> dict[str, np.ndarray]:
     """Piecewise parameters for integer steps of ``dtype``, the same values as each schedule on its own.
 
@@ -108,29 +88,9 @@ def _integer_piecewise(params: dict[str, np.ndarray], dtype: Any) -> dict[str, n
     return {"learning_rate_boundaries": np.minimum(boundaries, top).astype(dtype), "learning_rate_values": values}
 
 
-def _kind_rates(tables: Sequence[_KindTable], count: jax.Array) -> list[jax.Array]:
-    """Each kind's rates at the integer step(s) ``count``, one formula call per kind: ``count``'s shape + ``(G_k,)``.
-
-    ``count`` is the update count, a scalar (or any shape: the groups are the last axis).
-    """
-    float_type = jnp.result_type(float)
-    out = []
-    for table in tables:
-        if table.kind.ragged:
-            params = _integer_piecewise(table.params, count.dtype)
-            out.append(table.kind.formula(jnp, count, **params).astype(float_type))
-        else:
-            out.append(jnp.asarray(table.kind.formula(jnp, count.astype(float_type), **table.params), float_type))
-    return out
-
-
-def _in_group_order(tables: Sequence[_KindTable], values: Sequence[jax.Array]) -> jax.Array:
-    """The per-kind arrays of :func:`_kind_rates` as one array whose last axis is the group, in group order."""
-    order = np.concatenate([np.asarray(table.members, dtype=np.int64) for table in tables])
-    joined = values[0] if len(values) == 1 else jnp.concatenate(values, axis=-1)
-    if np.array_equal(order, np.arange(order.size)):
-        return joined
-    return jnp.take(joined, np.argsort(order), axis=-1)
+def _group_rates(plan: schedule_plan.Plan, count: jax.Array) -> jax.Array:
+    """Every group's rate at the update count ``count``, one formula call per kind of schedule: shape ``(G,)``."""
+    return plan.values(jnp, count, jnp.result_type(float), clip=lambda params: _integer_piecewise(params, count.dtype))
 
 
 _SPLIT_CHUNK = 32
@@ -247,9 +207,9 @@ def grouped_torch_rules(
     is_adam = [group.algorithm == "adam" for group in groups]
     adam_groups = [g for g in range(len(groups)) if is_adam[g]]
     adam_mask = np.asarray(is_adam)
-    tables = _tables(groups)
+    plan = schedule_plan.Plan([group.learning_rate for group in groups])
     # The records: every group's rate at PROBE_STEPS, compute_lr's float64 values (numpy: nothing to compile).
-    probe_rates = kinds.evaluate([group.learning_rate for group in groups], parts.PROBE_STEPS)
+    probe_rates = schedule_plan.evaluate([group.learning_rate for group in groups], parts.PROBE_STEPS)
     layouts: dict[Any, tuple[Any, list[tuple[int, int]]]] = {}
 
     def layout(tree: Any) -> tuple[list[jax.Array], Any, list[tuple[int, int]]]:
@@ -304,7 +264,7 @@ def grouped_torch_rules(
         del params
         _check_state(state, names)
         arrays, treedef, places = layout(updates)
-        rates = _in_group_order(tables, _kind_rates(tables, state.count))  # (G,)
+        rates = _group_rates(plan, state.count)  # (G,)
         count = optax.safe_increment(state.count)
         step = count.astype(jnp.result_type(float))
         bias_correction1, bias_correction2_sqrt = parts.adam_corrections(b1, b2, step)

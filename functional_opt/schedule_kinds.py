@@ -2,30 +2,21 @@
 
 Each kind of :class:`~functional_opt.config.LearningRate` is a :class:`Kind`:
 the names of its parameters, how to read them from a config, and one formula
-``formula(xp, step, **parameters)`` written once against an array namespace
-``xp`` (``jax.numpy`` on the pure side, ``numpy`` in float64 for tables). The
-formula broadcasts, so it evaluates one schedule (scalar parameters) or a
-stack of many schedules of the kind at once (parameters of shape ``(G,)``, steps
-of shape ``(S, 1)``, result ``(S, G)``). Nothing is compiled per config:
-:func:`evaluate` runs in numpy, and :func:`functional_opt.schedules.compute_lr`
-jits one function per kind whose parameters are arguments.
+``formula(xp, step, **parameters)`` (:mod:`functional_opt.schedule_formulas`)
+written once against an array namespace ``xp`` (``jax.numpy`` on the pure
+side, ``numpy`` in float64 for tables). The formula broadcasts, so it
+evaluates one schedule (scalar parameters) or a stack of many schedules of the
+kind at once. Nothing is compiled per config: :func:`evaluate` runs in numpy,
+and the JAX consumers call the same formulas with the parameters as arrays.
 
-The formulas, with ``s`` the step (0 for the first update):
-
-* ``constant``: ``value``;
-* ``piecewise_constant``: ``values[#{b in boundaries : b <= s}]`` (``bisect_right``);
-* ``linear_ramp_to_constant``: ``learning_rate * min(1, s / num_ramp_steps)``;
-* ``linear_ramp_to_cosine``: the ramp up to ``r = num_ramp_steps``, then
-  ``f + (lr - f) * 0.5 * (1 + cos(pi * (s - r) / (T - r)))`` up to
-  ``T = final_num_steps``, then ``f``.
+A ``sequence`` has no formula of its own: :mod:`functional_opt.schedule_plan`
+cuts it into pieces of the other kinds. A ``multi_step`` schedule is a
+piecewise one whose values are ``learning_rate * gamma ** k``.
 
 Example:
-    >>> import numpy as np
-    >>> from functional_opt import config
-    >>> configs = [config.LearningRate(constant=0.5),
-    ...            config.LearningRate(linear_ramp_to_constant={"learning_rate": 1.0, "num_ramp_steps": 4})]
-    >>> evaluate(configs, np.arange(3)).tolist()
-    [[0.5, 0.0], [0.5, 0.25], [0.5, 0.5]]
+    >>> kind, row = kind_of(config_lib.LearningRate(multi_step={"learning_rate": 1.0, "milestones": [3], "gamma": 0.5}))
+    >>> kind.formula is piecewise_constant_formula, row
+    (True, {'learning_rate_boundaries': [3], 'learning_rate_values': [1.0, 0.5]})
 """
 
 from __future__ import annotations
@@ -37,12 +28,20 @@ from typing import Any
 import numpy as np
 
 from functional_opt import config as config_lib
+from functional_opt import schedule_config_common as common
+from functional_opt import schedule_formulas as formulas
+from functional_opt.schedule_formulas import (
+    constant_formula,
+    linear_ramp_to_constant_formula,
+    linear_ramp_to_cosine_formula,
+    piecewise_constant_formula,
+)
 
 __all__ = [
+    "INT64_MAX",
     "KINDS",
     "Kind",
     "constant_formula",
-    "evaluate",
     "float_edges",
     "kind_of",
     "linear_ramp_to_constant_formula",
@@ -52,102 +51,171 @@ __all__ = [
 ]
 
 INT64_MAX = int(np.iinfo(np.int64).max)
-_CHUNK_ELEMENTS = 1 << 22
 
 
-def _fraction(xp: Any, step: Any, ramp: Any) -> Any:
-    """``min(1, step / ramp)``, exactly 1 from ``step == ramp`` on (so the peak is exactly the rate)."""
-    return xp.where(step < ramp, xp.minimum(step / ramp, 1.0), 1.0)
+def _numbers(*fields: str) -> Callable[[Any], dict[str, Any]]:
+    """A reader taking ``fields`` of a config section as floats."""
+    return lambda cfg: {field: float(getattr(cfg, field)) for field in fields}
 
 
-def constant_formula(xp: Any, step: Any, value: Any) -> Any:
-    """``value`` (``0 * step`` keeps the step in the graph, for grad and vmap)."""
-    return value + 0 * step
+def _piecewise_row(cfg: config_lib.PiecewiseConstant) -> dict[str, Any]:
+    return {
+        "learning_rate_boundaries": [int(b) for b in cfg.learning_rate_boundaries or []],
+        "learning_rate_values": [float(v) for v in cfg.learning_rate_values or []],
+    }
 
 
-def linear_ramp_to_constant_formula(xp: Any, step: Any, learning_rate: Any, num_ramp_steps: Any) -> Any:
-    """``learning_rate * min(1, step / num_ramp_steps)``: 0 at step 0, ``learning_rate`` from the ramp's end."""
-    return learning_rate * _fraction(xp, step, num_ramp_steps)
+def _multi_step_row(cfg: common.MultiStep) -> dict[str, Any]:
+    """``learning_rate * gamma ** k`` after the ``k``-th milestone (a repeated one counts each time)."""
+    boundaries = sorted(set(cfg.milestones))
+    passed = np.cumsum([cfg.milestones.count(b) for b in boundaries]).tolist()
+    values = [cfg.learning_rate] + [cfg.learning_rate * cfg.gamma**k for k in passed]
+    return {"learning_rate_boundaries": boundaries, "learning_rate_values": [float(v) for v in values]}
 
 
-def linear_ramp_to_cosine_formula(
-    xp: Any, step: Any, learning_rate: Any, final_learning_rate: Any, num_ramp_steps: Any, final_num_steps: Any
-) -> Any:
-    """The ramp, then the half cosine from ``learning_rate`` to ``final_learning_rate``, then the final rate."""
-    ramp, final = num_ramp_steps, final_num_steps
-    ramp_value = learning_rate * _fraction(xp, step, ramp)
-    # Clipping keeps the unused branch finite, so gradients through where stay finite.
-    decay_step = xp.clip(step, ramp, final)
-    half_delta = (learning_rate - final_learning_rate) * 0.5
-    cosine_value = final_learning_rate + half_delta * (1.0 + xp.cos(xp.pi * (decay_step - ramp) / (final - ramp)))
-    # Rounding must not take the decay outside [final_learning_rate, learning_rate].
-    low, high = xp.minimum(learning_rate, final_learning_rate), xp.maximum(learning_rate, final_learning_rate)
-    cosine_value = xp.clip(cosine_value, low, high)
-    return xp.where(
-        step <= ramp, ramp_value, xp.where(step < final, cosine_value, final_learning_rate + 0 * cosine_value)
-    )
+def _warmup_stable_decay_row(cfg: common.WarmupStableDecay) -> dict[str, Any]:
+    row = _numbers("learning_rate", "final_learning_rate", "num_warmup_steps", "num_stable_steps", "num_decay_steps")
+    return {**row(cfg), "decay_shape": float(common.DECAY_SHAPES.index(cfg.decay_shape)), "power": cfg.exponent}
 
 
-def piecewise_constant_formula(xp: Any, step: Any, learning_rate_boundaries: Any, learning_rate_values: Any) -> Any:
-    """``values[#{b <= step}]``: the value changes *at* each boundary (boundaries along the last axis)."""
-    index = xp.sum(step[..., None] >= learning_rate_boundaries, axis=-1)
-    positions = xp.arange(learning_rate_values.shape[-1])
-    picked = xp.where(index[..., None] == positions, learning_rate_values, 0.0)
-    return xp.sum(picked, axis=-1) + 0 * step
+def _exponential_decay_row(cfg: common.ExponentialDecay) -> dict[str, Any]:
+    row = _numbers("learning_rate", "decay_rate", "transition_steps", "transition_begin")(cfg)
+    final = cfg.final_learning_rate
+    return {
+        **row,
+        "staircase": float(cfg.staircase),
+        "has_final": float(final is not None),
+        "final_learning_rate": 0.0 if final is None else float(final),
+    }
+
+
+def _one_cycle_row(cfg: common.OneCycle) -> dict[str, Any]:
+    ends = cfg.phase_ends
+    return {
+        "initial_learning_rate": cfg.initial_learning_rate,
+        "max_learning_rate": float(cfg.max_learning_rate),
+        "min_learning_rate": cfg.min_learning_rate,
+        "first_end": ends[0],
+        "second_end": ends[1] if cfg.three_phase else ends[0],
+        "last_end": ends[-1],
+        "three_phase": float(cfg.three_phase),
+        "linear": float(cfg.anneal_strategy == "linear"),
+    }
 
 
 @dataclass(frozen=True)
 class Kind:
-    """One kind of schedule: its ``LearningRate`` field, its parameters and its formula."""
+    """One kind of schedule: its ``LearningRate`` field, its parameters, how to read them, and its formula."""
 
     name: str
     fields: tuple[str, ...]
     formula: Callable[..., Any]
-    ragged: bool = False  # parameters of varying length (piecewise): padded when stacked
+    read: Callable[[Any], dict[str, Any]]
+    ragged: bool = False  # piecewise parameters (boundaries and values of varying length): padded when stacked
 
     def row(self, cfg: Any) -> dict[str, Any]:
-        """The parameters of one config of this kind (the sub-config, or the number for ``constant``)."""
-        if self.name == "constant":
-            return {"value": float(cfg)}
-        if self.ragged:
-            return {
-                "learning_rate_boundaries": [int(b) for b in cfg.learning_rate_boundaries or []],
-                "learning_rate_values": [float(v) for v in cfg.learning_rate_values or []],
-            }
-        return {field: float(getattr(cfg, field)) for field in self.fields}
+        """The parameters of one config section of this kind (the number itself for ``constant``)."""
+        return self.read(cfg)
 
+
+_PIECEWISE_FIELDS = ("learning_rate_boundaries", "learning_rate_values")
 
 KINDS: dict[str, Kind] = {
     kind.name: kind
     for kind in (
-        Kind("constant", ("value",), constant_formula),
+        Kind("constant", ("value",), constant_formula, lambda value: {"value": float(value)}),
+        Kind("piecewise_constant", _PIECEWISE_FIELDS, piecewise_constant_formula, _piecewise_row, True),
         Kind(
-            "piecewise_constant", ("learning_rate_boundaries", "learning_rate_values"), piecewise_constant_formula, True
+            "linear_ramp_to_constant",
+            ("learning_rate", "num_ramp_steps"),
+            linear_ramp_to_constant_formula,
+            _numbers("learning_rate", "num_ramp_steps"),
         ),
-        Kind("linear_ramp_to_constant", ("learning_rate", "num_ramp_steps"), linear_ramp_to_constant_formula),
         Kind(
             "linear_ramp_to_cosine",
             ("learning_rate", "final_learning_rate", "num_ramp_steps", "final_num_steps"),
             linear_ramp_to_cosine_formula,
+            _numbers("learning_rate", "final_learning_rate", "num_ramp_steps", "final_num_steps"),
+        ),
+        Kind(
+            "linear",
+            ("initial_learning_rate", "final_learning_rate", "num_steps"),
+            formulas.linear_formula,
+            _numbers("initial_learning_rate", "final_learning_rate", "num_steps"),
+        ),
+        Kind(
+            "warmup_stable_decay",
+            (
+                "learning_rate",
+                "final_learning_rate",
+                "num_warmup_steps",
+                "num_stable_steps",
+                "num_decay_steps",
+                "decay_shape",
+                "power",
+            ),
+            formulas.warmup_stable_decay_formula,
+            _warmup_stable_decay_row,
+        ),
+        Kind(
+            "exponential_decay",
+            (
+                "learning_rate",
+                "decay_rate",
+                "transition_steps",
+                "transition_begin",
+                "staircase",
+                "has_final",
+                "final_learning_rate",
+            ),
+            formulas.exponential_decay_formula,
+            _exponential_decay_row,
+        ),
+        Kind("multi_step", _PIECEWISE_FIELDS, piecewise_constant_formula, _multi_step_row, True),
+        Kind(
+            "cosine_restarts",
+            ("learning_rate", "final_learning_rate", "cycle_steps", "cycle_mult"),
+            formulas.cosine_restarts_formula,
+            _numbers("learning_rate", "final_learning_rate", "cycle_steps", "cycle_mult"),
+        ),
+        Kind(
+            "one_cycle",
+            (
+                "initial_learning_rate",
+                "max_learning_rate",
+                "min_learning_rate",
+                "first_end",
+                "second_end",
+                "last_end",
+                "three_phase",
+                "linear",
+            ),
+            formulas.one_cycle_formula,
+            _one_cycle_row,
+        ),
+        Kind(
+            "inverse_sqrt",
+            ("learning_rate", "timescale"),
+            formulas.inverse_sqrt_formula,
+            _numbers("learning_rate", "timescale"),
         ),
     )
 }
-"""Every kind, by the name of its ``LearningRate`` field."""
+"""Every kind with a formula, by the name of its ``LearningRate`` field (``sequence`` is cut into these)."""
 
 
 def kind_of(lr_config: config_lib.LearningRate) -> tuple[Kind, dict[str, Any]]:
-    """The kind of a ``LearningRate`` and its parameters.
+    """The kind of a ``LearningRate`` other than a ``sequence``, and its parameters.
 
     Example:
         >>> kind, row = kind_of(config_lib.LearningRate(constant=0.25))
         >>> kind.name, row
         ('constant', {'value': 0.25})
     """
-    for name, kind in KINDS.items():
-        cfg = getattr(lr_config, name)
-        if cfg is not None:
-            return kind, kind.row(cfg)
-    raise ValueError(f"kind_of: no schedule set in {lr_config!r}")  # unreachable for a validated LearningRate
+    name = lr_config.schedule_name
+    if name not in KINDS:
+        raise ValueError(f"kind_of: a {name} schedule has no formula of its own: cut it into pieces first")
+    return KINDS[name], KINDS[name].row(getattr(lr_config, name))
 
 
 def float_edges(boundaries: Sequence[int], dtype: Any) -> np.ndarray:
@@ -193,34 +261,3 @@ def stack(kind: Kind, rows: Sequence[dict[str, Any]], *, float_steps: bool = Fal
         values[g, : len(rates)] = rates
         values[g, len(rates) :] = rates[-1]
     return {"learning_rate_boundaries": boundaries, "learning_rate_values": values}
-
-
-def evaluate(configs: Sequence[config_lib.LearningRate], steps: Any) -> np.ndarray:
-    """Every config at every step, in float64: an array of shape ``(len(steps), len(configs))``.
-
-    One vectorised numpy evaluation per kind in use, whatever the number of
-    configs or of distinct values. Integer steps are compared with piecewise
-    boundaries exactly (int64); float steps against boundaries rounded up.
-    """
-    steps = np.asarray(steps)
-    if steps.ndim != 1:
-        raise ValueError(f"evaluate: steps must be one-dimensional, got shape {steps.shape}")
-    float_steps = not np.issubdtype(steps.dtype, np.integer)
-    column = (steps.astype(np.float64) if float_steps else steps.astype(np.int64))[:, None]
-    out = np.empty((len(steps), len(configs)), dtype=np.float64)
-    by_kind: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-    for index, lr_config in enumerate(configs):
-        kind, row = kind_of(lr_config)
-        by_kind.setdefault(kind.name, []).append((index, row))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for name, members in by_kind.items():
-            kind = KINDS[name]
-            params = stack(kind, [row for _, row in members], float_steps=float_steps)
-            columns = [index for index, _ in members]
-            step = column if kind.ragged else column.astype(np.float64)
-            # Piecewise compares every step with every boundary: bound the temporary (steps x groups x boundaries).
-            width = params["learning_rate_boundaries"].shape[-1] + 1 if kind.ragged else 1
-            chunk = max(1, _CHUNK_ELEMENTS // max(1, len(members) * width))
-            for start in range(0, len(steps), chunk):
-                out[start : start + chunk, columns] = kind.formula(np, step[start : start + chunk], **params)
-    return out

@@ -6,7 +6,7 @@ schedules over a block of consecutive steps at once, keeps the block as Python
 floats, and answers every later step of the block with a list lookup.
 
 Schedules given as :class:`~functional_opt.config.LearningRate` configs are
-evaluated as data (:func:`functional_opt.schedule_kinds.evaluate`: one numpy
+evaluated as data (:func:`functional_opt.schedule_plan.evaluate`: one numpy
 float64 evaluation per kind, nothing compiled, whatever the number of groups
 or of distinct values); schedules given as callables (any ``optax.Schedule``)
 in one ``jit(vmap(...))`` call per block, compiled once per table. Both agree
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from functional_opt import config as config_lib
-from functional_opt import schedule_kinds
+from functional_opt import schedule_plan
 from functional_opt.schedules import Schedule
 
 __all__ = ["ScheduleTable"]
@@ -93,7 +93,7 @@ class ScheduleTable:
         steps = np.arange(start, start + length, dtype=np.int64)
         values = np.empty((length, self._size), dtype=np.float64)
         if self._configs:
-            values[:, [i for i, _ in self._configs]] = schedule_kinds.evaluate([c for _, c in self._configs], steps)
+            values[:, [i for i, _ in self._configs]] = schedule_plan.evaluate([c for _, c in self._configs], steps)
         if self._callables:
             values[:, [i for i, _ in self._callables]] = self._callable_values(steps)
         self._start, self._rows = start, values[: min(length, self._block_length())].tolist()

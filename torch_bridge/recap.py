@@ -60,7 +60,7 @@ from torchrec.optim.keyed import KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from functional_opt import config as config_lib
-from functional_opt import grouping, schedule_kinds
+from functional_opt import grouping, schedule_plan
 from functional_opt.config_file import EMBEDDINGS
 from torch_bridge.keyed import RecapOptimizer
 from torch_bridge.optimizers import can_fuse_adam, initial_lr
@@ -120,7 +120,7 @@ def build_recap_optimizer(
 
     groups = grouping.recap_groups(list(named), recap_config, emb_optimizer_config)
     # Every group's step-0 rate in one evaluation as data.
-    values = schedule_kinds.evaluate([g.learning_rate for g in groups], np.zeros(1, dtype=np.int64))[0]
+    values = schedule_plan.evaluate([g.learning_rate for g in groups], np.zeros(1, dtype=np.int64))[0]
     starts = {g.name: float(v) for g, v in zip(groups, values, strict=True)}
     optimizers: list[KeyedOptimizer] = []
     adam_groups = [g for g in groups if g.algorithm == "adam"]
