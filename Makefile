@@ -30,6 +30,7 @@ demo: setup
 
 docs: setup
 	$(BIN)/functional-opt plot functional_opt/data/example_recap.yaml -o docs/lr_curves.png
+	$(BIN)/functional-opt plot examples/schedule_kinds.yaml -o docs/schedule_kinds.png
 
 FUZZ_EXAMPLES ?= 5000
 FUZZ_CLI_RUNS ?= 2000

@@ -49,6 +49,7 @@ from functional_opt.config_values import (
 )
 from functional_opt.schedule_config import (
     SCHEDULE_FIELDS,
+    TML_SCHEDULE_FIELDS,
     BaseConfig,
     LearningRate,
     LinearRampToConstant,
@@ -70,6 +71,7 @@ __all__ = [
     "MAX_STEP",
     "RESERVED_GROUP_NAMES",
     "SCHEDULE_FIELDS",
+    "TML_SCHEDULE_FIELDS",
     "AdagradConfig",
     "AdamConfig",
     "BaseConfig",

@@ -54,6 +54,7 @@ from functional_opt import config as config_lib
 from functional_opt import grouping, schedule_plan
 from functional_opt import torch_rule_parts as parts
 from functional_opt.recap_state import RECAP_LAYOUT, GroupValues, RecapState, describe_layout
+from functional_opt.schedule_steps import EXACT_JNP
 
 __all__ = ["RECAP_LAYOUT", "GroupValues", "RecapState", "describe_layout", "grouped_torch_rules"]
 
@@ -90,7 +91,9 @@ def _integer_piecewise(params: dict[str, np.ndarray], dtype: Any) -> dict[str, n
 
 def _group_rates(plan: schedule_plan.Plan, count: jax.Array) -> jax.Array:
     """Every group's rate at the update count ``count``, one formula call per kind of schedule: shape ``(G,)``."""
-    return plan.values(jnp, count, jnp.result_type(float), clip=lambda params: _integer_piecewise(params, count.dtype))
+    return plan.values(
+        EXACT_JNP, count, jnp.result_type(float), clip=lambda params: _integer_piecewise(params, count.dtype)
+    )
 
 
 _SPLIT_CHUNK = 32

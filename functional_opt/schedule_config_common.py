@@ -243,7 +243,7 @@ class OneCycle(BaseConfig):
     (back down to ``initial``), and ``total_steps - 1`` (down to ``min_lr``). In the
     phase from ``a`` to ``b`` (rates ``u`` to ``v``), ``p = (s - a) / (b - a)`` and
     ``lr = v + (u - v) / 2 * (cos(pi p) + 1)`` (``cos``) or ``(v - u) * p + u`` (``linear``).
-    Every phase must last a step or more.
+    Every phase must last more than 0 steps (torch divides by zero otherwise).
     """
 
     max_learning_rate: Number

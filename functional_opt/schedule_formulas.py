@@ -2,7 +2,10 @@
 
 ``xp`` is ``jax.numpy`` on the pure side and ``numpy`` (float64) for tables.
 Every formula broadcasts: scalar parameters give one schedule, parameters of
-shape ``(G,)`` with steps of shape ``(S, 1)`` give ``(S, G)``. Branches are
+shape ``(G,)`` with steps of shape ``(S, 1)`` give ``(S, G)``. Divisions go
+through ``xp.divide``: the JAX side passes a namespace whose ``divide`` stays a
+true division (:data:`functional_opt.schedule_steps.EXACT_JNP`), where XLA would
+multiply by a rounded reciprocal instead. Branches are
 ``where`` selections whose unused side stays finite, so ``jax.grad`` through a
 schedule stays finite too. Codes stand for the string options: see
 :mod:`functional_opt.schedule_kinds`, which reads them from the configs.
@@ -33,7 +36,7 @@ __all__ = [
 
 def _fraction(xp: Any, step: Any, ramp: Any) -> Any:
     """``min(1, step / ramp)``, exactly 1 from ``step == ramp`` on (so the peak is exactly the rate)."""
-    return xp.where(step < ramp, xp.minimum(step / ramp, 1.0), 1.0)
+    return xp.where(step < ramp, xp.minimum(xp.divide(step, ramp), 1.0), 1.0)
 
 
 def constant_formula(xp: Any, step: Any, value: Any) -> Any:
@@ -55,7 +58,9 @@ def linear_ramp_to_cosine_formula(
     # Clipping keeps the unused branch finite, so gradients through where stay finite.
     decay_step = xp.clip(step, ramp, final)
     half_delta = (learning_rate - final_learning_rate) * 0.5
-    cosine_value = final_learning_rate + half_delta * (1.0 + xp.cos(xp.pi * (decay_step - ramp) / (final - ramp)))
+    cosine_value = final_learning_rate + half_delta * (
+        1.0 + xp.cos(xp.divide(xp.pi * (decay_step - ramp), final - ramp))
+    )
     # Rounding must not take the decay outside [final_learning_rate, learning_rate].
     low, high = xp.minimum(learning_rate, final_learning_rate), xp.maximum(learning_rate, final_learning_rate)
     cosine_value = xp.clip(cosine_value, low, high)
@@ -74,7 +79,7 @@ def piecewise_constant_formula(xp: Any, step: Any, learning_rate_boundaries: Any
 
 def linear_formula(xp: Any, step: Any, initial_learning_rate: Any, final_learning_rate: Any, num_steps: Any) -> Any:
     """optax ``linear_schedule``: ``(initial - final) * (1 - clip(step, 0, n) / n) + final``."""
-    frac = 1 - xp.clip(step, 0, num_steps) / num_steps
+    frac = 1 - xp.divide(xp.clip(step, 0, num_steps), num_steps)
     return (initial_learning_rate - final_learning_rate) * frac + final_learning_rate
 
 
@@ -96,14 +101,14 @@ def warmup_stable_decay_formula(
     """
     decay_start = num_warmup_steps + num_stable_steps
     warm = learning_rate * _fraction(xp, step, xp.maximum(num_warmup_steps, 1))
-    x = xp.clip((step - decay_start) / num_decay_steps, 0.0, 1.0)
+    x = xp.clip(xp.divide(step - decay_start, num_decay_steps), 0.0, 1.0)
     f = xp.where(
         decay_shape == 0,
         1 - x,
         xp.where(
             decay_shape == 1,
             0.5 * (1 + xp.cos(xp.pi * x)),
-            xp.where(decay_shape == 2, 1 - xp.sqrt(x), (1 - x) ** power),
+            xp.where(decay_shape == 2, _one_minus_sqrt(xp, x), _power(xp, 1 - x, power)),
         ),
     )
     decayed = final_learning_rate + (learning_rate - final_learning_rate) * f
@@ -131,10 +136,10 @@ def exponential_decay_formula(
 ) -> Any:
     """optax ``exponential_decay``, operation for operation; ``staircase`` and ``has_final`` are 0 or 1."""
     decreased = step - transition_begin
-    p = decreased / transition_steps
+    p = xp.divide(decreased, transition_steps)
     p = xp.where(staircase == 1, xp.floor(p), p)
     # The exponent is clipped to >= 0 only where it is unused (decreased <= 0), so the unused side stays finite.
-    value = xp.where(decreased <= 0, learning_rate + 0 * p, learning_rate * decay_rate ** xp.maximum(p, 0))
+    value = xp.where(decreased <= 0, learning_rate + 0 * p, learning_rate * _power(xp, decay_rate, xp.maximum(p, 0)))
     clipped = xp.where(decay_rate < 1, xp.maximum(value, final_learning_rate), xp.minimum(value, final_learning_rate))
     return xp.where(has_final == 1, clipped, value)
 
@@ -151,16 +156,48 @@ def cosine_restarts_formula(
     mult = xp.where(grows, cycle_mult, 2.0)
 
     def start(n: Any) -> Any:
-        return cycle_steps * (mult**n - 1) / (mult - 1)
+        return xp.where(grows, xp.divide(cycle_steps * (_integer_power(xp, mult, n) - 1), mult - 1), n * cycle_steps)
 
-    n = xp.floor(xp.log1p(xp.maximum(step, 0) * (mult - 1) / cycle_steps) / xp.log(mult))
+    estimate = xp.log1p(xp.divide(xp.maximum(step, 0) * (mult - 1), cycle_steps)) / xp.log(mult)
+    n = xp.floor(xp.where(grows, estimate, xp.divide(step, cycle_steps)))
     n = xp.where(step < start(n), n - 1, n)
     n = xp.where(step >= start(n + 1), n + 1, n)
-    n = xp.where(grows, n, xp.floor(step / cycle_steps))
-    cycle_start = xp.where(grows, start(n), n * cycle_steps)
-    cycle_length = xp.where(grows, cycle_steps * mult**n, cycle_steps)
+    cycle_start = start(n)
+    cycle_length = xp.where(grows, cycle_steps * _integer_power(xp, mult, n), cycle_steps)
     t = step - cycle_start
-    return final_learning_rate + (learning_rate - final_learning_rate) * (1 + xp.cos(xp.pi * t / cycle_length)) / 2
+    return (
+        final_learning_rate
+        + (learning_rate - final_learning_rate) * (1 + xp.cos(xp.divide(xp.pi * t, cycle_length))) / 2
+    )
+
+
+def _one_minus_sqrt(xp: Any, x: Any) -> Any:
+    """``1 - sqrt(x)``, with a finite gradient where ``x == 0`` (the decay's first step and every step before it)."""
+    return xp.where(x > 0, 1 - xp.sqrt(xp.where(x > 0, x, 1.0)), 1.0 + 0 * x)
+
+
+def _power(xp: Any, base: Any, exponent: Any) -> Any:
+    """``base ** exponent`` with both operands at the result's shape.
+
+    numpy's float64 ``power`` takes a vectorised loop when both operands are
+    contiguous and libm's ``pow`` when one is broadcast, and the two can differ
+    by an ulp (``0.8 ** 2.0``): full-shape operands keep a schedule's value
+    independent of how many schedules are evaluated with it.
+    """
+    return xp.power(base + 0 * exponent, exponent + 0 * base)
+
+
+def _integer_power(xp: Any, base: Any, n: Any) -> Any:
+    """``base ** n`` for integer-valued ``0 <= n < 128`` by squaring: exact while the result fits 53 bits.
+
+    (XLA's ``pow`` is ``exp(n * log(base))``, which can miss an integer power by an ulp.)
+    """
+    n = xp.clip(n, 0, 127)
+    out = xp.ones_like(base * n)
+    for bit in range(7):
+        out = xp.where(xp.floor(n / 2**bit) % 2 == 1, out * base, out)
+        base = base * base
+    return out
 
 
 def _anneal(xp: Any, start: Any, end: Any, pct: Any, linear: Any) -> Any:
@@ -191,9 +228,11 @@ def one_cycle_formula(
     three = three_phase == 1
     middle_end = xp.where(three, second_end, last_end)
     middle_target = xp.where(three, initial_learning_rate, min_learning_rate)
-    first = _anneal(xp, initial_learning_rate, max_learning_rate, step / first_end, linear)
-    middle = _anneal(xp, max_learning_rate, middle_target, (step - first_end) / (middle_end - first_end), linear)
-    last = _anneal(xp, initial_learning_rate, min_learning_rate, (step - second_end) / (last_end - second_end), linear)
+    first = _anneal(xp, initial_learning_rate, max_learning_rate, xp.divide(step, first_end), linear)
+    middle_pct = xp.divide(step - first_end, middle_end - first_end)
+    middle = _anneal(xp, max_learning_rate, middle_target, middle_pct, linear)
+    last_pct = xp.divide(step - second_end, last_end - second_end)
+    last = _anneal(xp, initial_learning_rate, min_learning_rate, last_pct, linear)
     in_middle = xp.logical_or(step <= middle_end, xp.logical_not(three))
     value = xp.where(step <= first_end, first, xp.where(in_middle, middle, last))
     return xp.where(step > last_end, min_learning_rate + 0 * value, value)
@@ -201,4 +240,4 @@ def one_cycle_formula(
 
 def inverse_sqrt_formula(xp: Any, step: Any, learning_rate: Any, timescale: Any) -> Any:
     """``learning_rate / sqrt((step + timescale) / timescale)``."""
-    return learning_rate / xp.sqrt((step + timescale) / timescale)
+    return xp.divide(learning_rate, xp.sqrt(xp.divide(step + timescale, timescale)))

@@ -21,10 +21,48 @@ import numpy as np
 
 from functional_opt import config as config_lib
 
-__all__ = ["Schedule", "as_array", "as_float", "check_lr", "check_steps", "float_dtype", "host_integer_step", "shown"]
+__all__ = [
+    "EXACT_JNP",
+    "Schedule",
+    "as_array",
+    "as_float",
+    "check_lr",
+    "check_steps",
+    "float_dtype",
+    "host_integer_step",
+    "shown",
+]
 
 Schedule = Callable[[jax.typing.ArrayLike], jax.Array]
 """A function of the step count returning the learning rate (``optax.Schedule``)."""
+
+
+class _ExactDivision:
+    """``jax.numpy`` whose ``divide`` is a true, correctly rounded division.
+
+    XLA rewrites a division by a constant or by a broadcast value into a
+    multiplication by its reciprocal (measured on CPU in float64: 546 of
+    ``arange(1000) / 499.0`` differ from the quotient, e.g. ``499 / 499.0 ->
+    0.9999999999999999``), which moves a schedule's restarts and boundaries by
+    a step and magnifies near the end of a decay (``1 - s / T``). The divisor
+    is broadcast to the result's shape behind an optimization barrier, so the
+    division stays a division of two arrays.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(jnp, name)
+
+    @staticmethod
+    def divide(a: Any, b: Any) -> jax.Array:
+        a, b = jnp.asarray(a), jnp.asarray(b)
+        dtype = jnp.result_type(a, b)
+        shape = jnp.broadcast_shapes(a.shape, b.shape)
+        divisor = jax.lax.optimization_barrier(jnp.broadcast_to(b.astype(dtype), shape))
+        return jnp.broadcast_to(a.astype(dtype), shape) / divisor
+
+
+EXACT_JNP: Any = _ExactDivision()
+"""The array namespace the JAX side evaluates the schedule formulas with (see :class:`_ExactDivision`)."""
 
 
 def float_dtype() -> Any:

@@ -27,7 +27,7 @@ from functional_opt import config as config_lib
 from functional_opt import schedule_kinds as kinds
 from functional_opt import tml_schedules
 from functional_opt.config_values import MAX_STEP
-from functional_opt.schedule_steps import Schedule, as_array, as_float, float_dtype, host_integer_step
+from functional_opt.schedule_steps import EXACT_JNP, Schedule, as_array, as_float, float_dtype, host_integer_step
 
 __all__ = [
     "cosine_restarts",
@@ -62,7 +62,7 @@ def from_section(name: str, section: Any) -> Schedule:
         return tml_schedules.piecewise_constant(row["learning_rate_boundaries"], row["learning_rate_values"])
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
-        return jnp.asarray(kind.formula(jnp, as_float(count), **row), float_dtype())
+        return jnp.asarray(kind.formula(EXACT_JNP, as_float(count), **row), float_dtype())
 
     return schedule
 

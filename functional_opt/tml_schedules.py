@@ -22,6 +22,7 @@ import numpy as np
 from functional_opt import config as config_lib
 from functional_opt import schedule_kinds as kinds
 from functional_opt.schedule_steps import (
+    EXACT_JNP,
     Schedule,
     as_array,
     as_float,
@@ -53,7 +54,7 @@ def constant(value: float) -> Schedule:
     value = check_lr("constant", "value", value)
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
-        return kinds.constant_formula(jnp, as_float(count), value)
+        return kinds.constant_formula(EXACT_JNP, as_float(count), value)
 
     return schedule
 
@@ -144,7 +145,7 @@ def linear_ramp_to_constant(learning_rate: float, num_ramp_steps: int) -> Schedu
     ramp = float(num_ramp_steps)
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
-        return kinds.linear_ramp_to_constant_formula(jnp, as_float(count), learning_rate, ramp)
+        return kinds.linear_ramp_to_constant_formula(EXACT_JNP, as_float(count), learning_rate, ramp)
 
     return schedule
 
@@ -190,7 +191,7 @@ def linear_ramp_to_cosine(
 
     def schedule(count: jax.typing.ArrayLike) -> jax.Array:
         return kinds.linear_ramp_to_cosine_formula(
-            jnp, as_float(count), learning_rate, final_learning_rate, ramp, final
+            EXACT_JNP, as_float(count), learning_rate, final_learning_rate, ramp, final
         )
 
     return schedule

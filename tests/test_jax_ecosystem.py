@@ -386,7 +386,10 @@ def test_nnx_optimizer_over_the_recap_optimizer(build_from: str) -> None:
 
     got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     diff = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(plain), strict=True))
-    assert diff == 0.0
+    # Two programs (nnx.jit of the wrapper, jax.jit of the plain step): XLA may fuse and contract them
+    # differently on some CPUs, so the bar is a few float32 ulps of the parameters, not bitwise.
+    scale = max(float(np.max(np.abs(a))) for a in jax.tree.leaves(plain))
+    assert diff <= 4 * float(np.finfo(np.float32).eps) * scale
     moved = [float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(initial), jax.tree.leaves(got), strict=True)]
     assert min(moved) > 1e-4  # every parameter moved
     rates = {k: float(v) for k, v in optimizers.group_learning_rates(optimizer.opt_state).items()}

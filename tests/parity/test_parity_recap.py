@@ -146,3 +146,70 @@ def shifted_embedding_recap(
     }
     transforms[grouping.DENSE_EMBEDDINGS] = optimizers.torch_sgd(lambda count: emb_schedule(count + shift))
     return optax.partition(transforms, labels)
+
+
+NEW_KINDS = config.RecapOptimizerConfig.model_validate(
+    {
+        "adam": {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7},
+        "multi_task_learning_rates": {
+            "tower_learning_rates": {
+                "recap.is_clicked": {
+                    "sequence": [
+                        {
+                            "learning_rate": {
+                                "linear": {"initial_learning_rate": 0.0, "final_learning_rate": 0.01, "num_steps": 30}
+                            },
+                            "num_steps": 30,
+                        },
+                        {
+                            "learning_rate": {
+                                "warmup_stable_decay": {
+                                    "learning_rate": 0.01,
+                                    "final_learning_rate": 0.001,
+                                    "num_stable_steps": 40,
+                                    "num_decay_steps": 100,
+                                    "decay_shape": "one_minus_sqrt",
+                                }
+                            }
+                        },
+                    ]
+                },
+                "recap.is_replied": {
+                    "one_cycle": {"max_learning_rate": 0.008, "total_steps": 150, "three_phase": True}
+                },
+            },
+            "backbone_learning_rate": {
+                "cosine_restarts": {
+                    "learning_rate": 0.003,
+                    "final_learning_rate": 0.0003,
+                    "cycle_steps": 25,
+                    "cycle_mult": 2,
+                }
+            },
+        },
+    }
+)
+NEW_KINDS_EMB = config.EmbeddingOptimizerConfig.model_validate(
+    {"learning_rate": {"multi_step": {"learning_rate": 0.5, "milestones": [50, 120, 120], "gamma": 0.5}}}
+)
+
+
+@pytest.mark.parity
+def test_recap_parity_with_the_new_schedule_kinds() -> None:
+    """A sequence, one_cycle, cosine restarts and multi_step through both recap builders, float64."""
+    model = make_torch_model("float64")
+    initial = torch_demo.named_arrays(model)
+    optimizer, scheduler = torch_bridge.build_recap_optimizer(model, NEW_KINDS, NEW_KINDS_EMB)
+    torch_run = run_torch(model, optimizer, scheduler, "float64")
+    jax_run = run_jax(
+        initial, lambda params: optimizers.build_recap_optimizer(params, NEW_KINDS, NEW_KINDS_EMB), "float64"
+    )
+    diff = check_params(torch_run, jax_run, "float64", initial)
+    rates = NEW_KINDS.multi_task_learning_rates
+    assert rates is not None and rates.backbone_learning_rate is not None and NEW_KINDS_EMB.learning_rate is not None
+    configs = {**rates.tower_learning_rates, "backbone": rates.backbone_learning_rate}
+    configs["dense_ebc"] = NEW_KINDS_EMB.learning_rate
+    for name, lr_config in configs.items():
+        check_lrs(torch_run.lrs[name], lr_config, float64=True, what=f"torch {name}")
+        check_lrs(jax_run.lrs[name], lr_config, float64=True, what=f"jax {name}")
+    print(f"\nPARITY recap new schedule kinds float64: max|dparam| = {diff:.3e}")

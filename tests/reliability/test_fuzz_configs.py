@@ -160,9 +160,87 @@ def with_nulls(draw: st.DrawFn, chosen: dict[str, Any], others: tuple[str, ...])
     return out
 
 
+FACTORS = st.one_of(st.floats(min_value=1e-6, max_value=1.0), st.sampled_from([1e-300, 0.5, 0.999999, 1.0]))
+SMALL_COUNTS = st.one_of(
+    st.just(0), st.integers(min_value=1, max_value=1000), st.integers(min_value=1, max_value=2**40)
+)
+
+
+def common_body(draw: st.DrawFn, kind: str, depth: int) -> Any:
+    """A body for one of the kinds beyond TML's four (sequences nest up to three deep)."""
+    if kind == "linear":
+        return {
+            "initial_learning_rate": draw(LR_VALUES),
+            "final_learning_rate": draw(LR_VALUES),
+            "num_steps": draw(STEP_COUNTS),
+        }
+    if kind == "warmup_stable_decay":
+        shape = draw(st.sampled_from(["linear", "cosine", "one_minus_sqrt", "polynomial"]))
+        body = {
+            "learning_rate": draw(LR_VALUES),
+            "final_learning_rate": draw(LR_VALUES),
+            "num_warmup_steps": draw(SMALL_COUNTS),
+            "num_stable_steps": draw(SMALL_COUNTS),
+            "num_decay_steps": draw(STEP_COUNTS),
+            "decay_shape": shape,
+        }
+        if shape == "polynomial" and draw(st.booleans()):
+            body["power"] = draw(st.floats(min_value=0.1, max_value=10.0))
+        return body
+    if kind == "exponential_decay":
+        grows = draw(st.booleans())
+        body = {
+            "learning_rate": draw(LR_VALUES),
+            "decay_rate": draw(st.floats(min_value=1.0, max_value=4.0, exclude_min=True) if grows else FACTORS),
+            "transition_steps": draw(STEP_COUNTS),
+            "transition_begin": draw(SMALL_COUNTS),
+            "staircase": draw(st.booleans()),
+        }
+        if grows or draw(st.booleans()):
+            body["final_learning_rate"] = draw(LR_VALUES)
+        return body
+    if kind == "multi_step":
+        return {
+            "learning_rate": draw(LR_VALUES),
+            "milestones": draw(st.lists(SMALL_COUNTS, max_size=5)),
+            "gamma": draw(st.one_of(st.just(0.0), FACTORS)),
+        }
+    if kind == "cosine_restarts":
+        return {
+            "learning_rate": draw(LR_VALUES),
+            "final_learning_rate": draw(LR_VALUES),
+            "cycle_steps": draw(STEP_COUNTS),
+            "cycle_mult": draw(st.integers(min_value=1, max_value=4)),
+        }
+    if kind == "one_cycle":
+        return {
+            "max_learning_rate": draw(LR_VALUES),
+            "total_steps": draw(st.integers(min_value=100, max_value=2**40)),
+            "pct_start": draw(st.floats(min_value=0.05, max_value=0.45)),
+            "anneal_strategy": draw(st.sampled_from(["cos", "linear"])),
+            "div_factor": draw(st.floats(min_value=1.0, max_value=1e4)),
+            "final_div_factor": draw(st.floats(min_value=1.0, max_value=1e6)),
+            "three_phase": draw(st.booleans()),
+        }
+    if kind == "inverse_sqrt":
+        return {"learning_rate": draw(LR_VALUES), "timescale": draw(STEP_COUNTS)}
+    assert kind == "sequence"
+    count = draw(st.integers(min_value=1, max_value=3))
+    segments = []
+    for i in range(count):
+        segment: dict[str, Any] = {"learning_rate": draw(valid_learning_rate(depth + 1))}
+        if i < count - 1:
+            segment["num_steps"] = draw(STEP_COUNTS)
+        if draw(st.booleans()):
+            segment["from_step"] = draw(SMALL_COUNTS)
+        segments.append(segment)
+    return segments
+
+
 @st.composite
-def valid_learning_rate(draw: st.DrawFn) -> dict[str, Any]:
-    kind = draw(st.sampled_from(config.SCHEDULE_FIELDS))
+def valid_learning_rate(draw: st.DrawFn, depth: int = 0) -> dict[str, Any]:
+    kinds = config.SCHEDULE_FIELDS if depth < 3 else config.SCHEDULE_FIELDS[:-1]
+    kind = draw(st.sampled_from(kinds))
     if kind == "constant":
         body: Any = draw(LR_VALUES)
     elif kind == "linear_ramp_to_constant":
@@ -175,13 +253,15 @@ def valid_learning_rate(draw: st.DrawFn) -> dict[str, Any]:
             "num_ramp_steps": ramp,
             "final_num_steps": ramp + draw(STEP_COUNTS),
         }
-    else:
+    elif kind == "piecewise_constant":
         gaps = draw(st.lists(STEP_COUNTS, max_size=5))
         start = draw(st.integers(min_value=0, max_value=2**31))
         boundaries = [start + sum(gaps[:i]) for i in range(len(gaps))]
         values = draw(st.lists(LR_VALUES, min_size=len(boundaries) + 1, max_size=len(boundaries) + 1))
         body = {"learning_rate_boundaries": boundaries, "learning_rate_values": values}
-    return draw(with_nulls({kind: body}, config.SCHEDULE_FIELDS))
+    else:
+        body = common_body(draw, kind, depth)
+    return draw(with_nulls({kind: body}, config.TML_SCHEDULE_FIELDS))
 
 
 @st.composite
