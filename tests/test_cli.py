@@ -537,3 +537,19 @@ def test_demo_single_task_config_without_embedding_lr(tmp_path: Path) -> None:
     assert "has no embedding learning rate; the demo model's embedding tables use a constant 0.01" in result.stdout
     assert "optimizer groups: ['single_task', 'embeddings']" in result.stdout
     assert (tmp_path / "d.svg").read_text().startswith("<?xml")
+
+
+def test_table_and_plot_of_every_schedule_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = Path(__file__).resolve().parents[1] / "examples" / "schedule_kinds.yaml"
+    loaded = load_config_file(path)
+    recap = loaded.optimizer
+    assert isinstance(recap, config.RecapOptimizerConfig) and recap.multi_task_learning_rates is not None
+    towers = recap.multi_task_learning_rates.tower_learning_rates
+    assert {lr.schedule_name for lr in towers.values()} == set(config.SCHEDULE_FIELDS)
+    steps = sorted({0, 1, 2999, 10**9} | {b + d for lr in towers.values() for b in lr.breakpoints for d in (-1, 0, 1)})
+    data = table_json(capsys, path, ",".join(map(str, steps)))
+    for name, lr in towers.items():
+        assert data["learning_rates"][name] == [schedules.compute_lr(lr, s) for s in steps], name
+    out = tmp_path / "kinds.png"
+    assert main(["plot", str(path), "-o", str(out)]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG")

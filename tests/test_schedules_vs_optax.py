@@ -23,32 +23,11 @@ import optax
 import pydantic
 import pytest
 import yaml
+from framework_checks import MIN_STEPS, RTOL, assert_sides_match, const, lr, relative_error, segment, sequence
 
 from functional_opt import config, schedules
 
-RTOL = 1e-12
-MIN_STEPS = 10_000
 FAR_STEPS = (10**6, 2**31 - 1, 2**31, 10**9 + 7, 10**12)
-
-
-def lr(**kwargs: Any) -> config.LearningRate:
-    return config.LearningRate.model_validate(kwargs)
-
-
-def segment(learning_rate: config.LearningRate, num_steps: int | None = None) -> dict[str, Any]:
-    """One segment of a ``sequence`` (as data: ``LearningRate`` validates it)."""
-    out: dict[str, Any] = {"learning_rate": learning_rate.model_dump(exclude_none=True)}
-    if num_steps is not None:
-        out["num_steps"] = num_steps
-    return out
-
-
-def sequence(*segments: dict[str, Any]) -> config.LearningRate:
-    return lr(sequence=list(segments))
-
-
-def const(value: float) -> config.LearningRate:
-    return lr(constant=value)
 
 
 def linear(initial: float, final: float, num_steps: int) -> config.LearningRate:
@@ -97,15 +76,6 @@ def decay(learning_rate: float, decay_rate: float, transition_steps: int, **kw: 
 # ---------------------------------------------------------------------------------------------
 
 
-def relative_error(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
-    """``|ours - theirs| / |theirs|`` per step: 0 where both are 0, inf where only theirs is 0."""
-    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-    diff = np.abs(ours - theirs)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        err = diff / np.abs(theirs)
-    return np.where(theirs == 0, np.where(diff == 0, 0.0, np.inf), err)
-
-
 def x64_values(schedule: Callable, steps: np.ndarray) -> np.ndarray:
     """``schedule`` on all of ``steps`` at once (int64), under x64: float64 values."""
     with jax.enable_x64(True):
@@ -127,20 +97,7 @@ def assert_matches(cfg: config.LearningRate, theirs: np.ndarray, steps: np.ndarr
     assert n >= MIN_STEPS
     uncovered = [b for b in cfg.breakpoints if b + 1 >= n]
     assert not uncovered, f"breakpoints {uncovered} (or their next step) lie beyond the {n} steps compared"
-    worst = 0.0
-    failures = []
-    for side, values in our_rates(cfg, steps).items():
-        err = relative_error(values, theirs)
-        k = int(np.argmax(err))
-        worst = max(worst, float(err[k]))
-        if err[k] > RTOL:
-            bad = steps[err > RTOL]
-            failures.append(
-                f"{side}: {bad.size} steps beyond {RTOL} (first {bad[:8].tolist()}), worst at step {steps[k]}: "
-                f"{framework} gives {theirs[k]!r}, ours {values[k]!r} (relative error {err[k]:.3g})"
-            )
-    assert not failures, f"{cfg.model_dump(exclude_none=True)}:\n" + "\n".join(failures)
-    return worst
+    return assert_sides_match(cfg, our_rates(cfg, steps), theirs, steps, framework)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ import pydantic
 import pytest
 import torch
 import yaml
+from framework_checks import MIN_STEPS, RTOL, assert_sides_match, const, lr, relative_error, segment, sequence
 from torch.optim import lr_scheduler
 from torchrec.optim.keyed import KeyedOptimizerWrapper
 from torchrec.optim.warmup import WarmupOptimizer, WarmupPolicy, WarmupStage
@@ -40,40 +41,9 @@ from torchrec.optim.warmup import WarmupOptimizer, WarmupPolicy, WarmupStage
 import torch_bridge
 from functional_opt import config, schedules
 
-RTOL = 1e-12
-MIN_STEPS = 10_000
-
-
-def lr(**kwargs: Any) -> config.LearningRate:
-    return config.LearningRate.model_validate(kwargs)
-
-
-def segment(learning_rate: config.LearningRate, num_steps: int | None = None, from_step: int = 0) -> dict[str, Any]:
-    """One segment of a ``sequence`` (as data: ``LearningRate`` validates it)."""
-    out: dict[str, Any] = {"learning_rate": learning_rate.model_dump(exclude_none=True)}
-    if num_steps is not None:
-        out["num_steps"] = num_steps
-    if from_step:
-        out["from_step"] = from_step
-    return out
-
-
-def sequence(*segments: dict[str, Any]) -> config.LearningRate:
-    return lr(sequence=list(segments))
-
-
 # ---------------------------------------------------------------------------------------------
 # Comparison
 # ---------------------------------------------------------------------------------------------
-
-
-def relative_error(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
-    """``|ours - theirs| / |theirs|`` per step: 0 where both are 0, inf where only theirs is 0."""
-    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-    diff = np.abs(ours - theirs)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        err = diff / np.abs(theirs)
-    return np.where(theirs == 0, np.where(diff == 0, 0.0, np.inf), err)
 
 
 def sgd_rates(make: Callable[[torch.optim.Optimizer], Any], steps: int, base_lr: float = 1.0) -> np.ndarray:
@@ -114,20 +84,7 @@ def assert_matches(cfg: config.LearningRate, theirs: np.ndarray, framework: str,
     limit = math.inf if end is None else end
     uncovered = [b for b in cfg.breakpoints if b + 1 < limit and b + 1 >= steps]
     assert not uncovered, f"breakpoints {uncovered} (or their next step) lie beyond the {steps} steps compared"
-    worst = 0.0
-    failures = []
-    for side, values in our_rates(cfg, steps).items():
-        err = relative_error(values, theirs)
-        k = int(np.argmax(err))
-        worst = max(worst, float(err[k]))
-        if err[k] > RTOL:
-            bad = int(np.count_nonzero(err > RTOL))
-            failures.append(
-                f"{side}: {bad} steps beyond {RTOL}, worst at step {k}: {framework} gives {theirs[k]!r}, "
-                f"ours {values[k]!r} (relative error {err[k]:.3g})"
-            )
-    assert not failures, f"{cfg.model_dump(exclude_none=True)}:\n" + "\n".join(failures)
-    return worst
+    return assert_sides_match(cfg, our_rates(cfg, steps), theirs, np.arange(steps), framework)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,10 +478,6 @@ def warmup_rates(stages: list[WarmupStage], steps: int, base_lr: float = L) -> n
         rates.append(float(opt.param_groups[0]["lr"]))
         opt.step()
     return np.asarray(rates, dtype=np.float64)
-
-
-def const(value: float) -> config.LearningRate:
-    return lr(constant=value)
 
 
 TORCHREC_CASES: dict[str, TorchrecCase] = {
