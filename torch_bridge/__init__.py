@@ -8,9 +8,10 @@ torchrec is imported only by the functions that need it
 optimizer), so plain-torch users do not pay for its import.
 """
 
+from torch_bridge.from_torch import learning_rates_from_torch
 from torch_bridge.optimizers import build_optimizer
 from torch_bridge.recap import build_recap_optimizer
 from torch_bridge.recap_scheduler import RecapLRShim
 from torch_bridge.schedulers import LRShim
 
-__all__ = ["LRShim", "RecapLRShim", "build_optimizer", "build_recap_optimizer"]
+__all__ = ["LRShim", "RecapLRShim", "build_optimizer", "build_recap_optimizer", "learning_rates_from_torch"]

@@ -63,7 +63,13 @@ def run_lrs(opt: torch.optim.Optimizer, sched: LRShim, steps: int = STEPS) -> li
 
 
 def test_public_names() -> None:
-    assert torch_bridge.__all__ == ["LRShim", "RecapLRShim", "build_optimizer", "build_recap_optimizer"]
+    assert torch_bridge.__all__ == [
+        "LRShim",
+        "RecapLRShim",
+        "build_optimizer",
+        "build_recap_optimizer",
+        "learning_rates_from_torch",
+    ]
     for name in torch_bridge.__all__:
         assert getattr(torch_bridge, name) is not None
 
