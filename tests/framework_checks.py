@@ -66,3 +66,19 @@ def assert_sides_match(
             )
     assert not failures, f"{cfg.model_dump(exclude_none=True)}:\n" + "\n".join(failures)
     return worst
+
+
+def polynomial(
+    learning_rate: float, final: float, num_decay_steps: int, power: float, **kw: int
+) -> config.LearningRate:
+    """A ``warmup_stable_decay`` polynomial decay from ``learning_rate`` to ``final`` (torch PolynomialLR, optax)."""
+    return lr(
+        warmup_stable_decay={
+            "learning_rate": learning_rate,
+            "final_learning_rate": final,
+            "num_decay_steps": num_decay_steps,
+            "decay_shape": "polynomial",
+            "power": power,
+            **kw,
+        }
+    )

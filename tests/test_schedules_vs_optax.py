@@ -23,7 +23,17 @@ import optax
 import pydantic
 import pytest
 import yaml
-from framework_checks import MIN_STEPS, RTOL, assert_sides_match, const, lr, relative_error, segment, sequence
+from framework_checks import (
+    MIN_STEPS,
+    RTOL,
+    assert_sides_match,
+    const,
+    lr,
+    polynomial,
+    relative_error,
+    segment,
+    sequence,
+)
 
 from functional_opt import config, schedules
 
@@ -32,21 +42,6 @@ FAR_STEPS = (10**6, 2**31 - 1, 2**31, 10**9 + 7, 10**12)
 
 def linear(initial: float, final: float, num_steps: int) -> config.LearningRate:
     return lr(linear={"initial_learning_rate": initial, "final_learning_rate": final, "num_steps": num_steps})
-
-
-def polynomial(
-    learning_rate: float, final: float, num_decay_steps: int, power: float, **kw: int
-) -> config.LearningRate:
-    return lr(
-        warmup_stable_decay={
-            "learning_rate": learning_rate,
-            "final_learning_rate": final,
-            "num_decay_steps": num_decay_steps,
-            "decay_shape": "polynomial",
-            "power": power,
-            **kw,
-        }
-    )
 
 
 def restarts(learning_rate: float, final: float, cycle_steps: int, cycle_mult: int = 1) -> config.LearningRate:

@@ -33,7 +33,17 @@ import pydantic
 import pytest
 import torch
 import yaml
-from framework_checks import MIN_STEPS, RTOL, assert_sides_match, const, lr, relative_error, segment, sequence
+from framework_checks import (
+    MIN_STEPS,
+    RTOL,
+    assert_sides_match,
+    const,
+    lr,
+    polynomial,
+    relative_error,
+    segment,
+    sequence,
+)
 from torch.optim import lr_scheduler
 from torchrec.optim.keyed import KeyedOptimizerWrapper
 from torchrec.optim.warmup import WarmupOptimizer, WarmupPolicy, WarmupStage
@@ -133,15 +143,7 @@ def sequential(*parts: Callable[[torch.optim.Optimizer], Any], milestones: list[
 
 
 def wsd_polynomial(learning_rate: float, num_decay_steps: int, power: float, final: float = 0.0) -> config.LearningRate:
-    return lr(
-        warmup_stable_decay={
-            "learning_rate": learning_rate,
-            "final_learning_rate": final,
-            "num_decay_steps": num_decay_steps,
-            "decay_shape": "polynomial",
-            "power": power,
-        }
-    )
+    return polynomial(learning_rate, final, num_decay_steps, power)
 
 
 TORCH_CASES: dict[str, TorchCase] = {
