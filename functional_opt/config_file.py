@@ -43,9 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -53,8 +50,9 @@ from typing import Any, Literal
 import pydantic
 
 from functional_opt import config as config_lib
-from functional_opt import yaml_loading
+from functional_opt import table_config, yaml_loading
 from functional_opt.cli_args import printable
+from functional_opt.config_errors import format_validation_error, one_line, short
 
 __all__ = [
     "EMBEDDINGS",
@@ -73,6 +71,8 @@ GENERIC_KEYS = ("learning_rate", "sgd", "adagrad")
 TORCH_ADAM_KEYS = ("lr", "betas", "eps")
 EMBEDDING_SECTIONS = ("emb_optimizer", "embedding_optimizer")
 TML_EMBEDDING_PATH = ("model", "large_embeddings", "optimizer")
+TML_TABLES_PATH = ("model", "large_embeddings")
+TWHIN_KEYS = ("embeddings", "translation_optimizer")
 
 
 class ConfigFileError(ValueError):
@@ -89,6 +89,10 @@ class LoadedConfig:
         embedding: the embedding optimizer, when the file has one.
         optimizer_path: dotted location of the optimizer section in the file (``""`` for the top level).
         embedding_path: dotted location of the embedding optimizer section, if any.
+        tables: the embedding tables, when the file lists them: each with its own
+            optimizer (:class:`~functional_opt.table_config.LargeEmbeddingsConfig`)
+            or all under one (:class:`~functional_opt.table_config.RecapLargeEmbeddingsConfig`).
+        tables_path: dotted location of the tables' section, if any.
     """
 
     path: Path
@@ -96,6 +100,15 @@ class LoadedConfig:
     embedding: config_lib.EmbeddingOptimizerConfig | None = None
     optimizer_path: str = ""
     embedding_path: str | None = None
+    tables: table_config.LargeEmbeddingsConfig | table_config.RecapLargeEmbeddingsConfig | None = None
+    tables_path: str | None = None
+
+    @property
+    def table_optimizers(self) -> dict[str, table_config.TableOptimizerConfig]:
+        """Each table's own optimizer by table name (empty unless the tables carry optimizers)."""
+        if not isinstance(self.tables, table_config.LargeEmbeddingsConfig):
+            return {}
+        return {t.name: t.optimizer for t in self.tables.tables}
 
     @property
     def kind(self) -> Literal["recap", "generic"]:
@@ -113,7 +126,8 @@ class LoadedConfig:
         Recap: each tower (config order), then ``backbone`` or ``single_task``.
         Generic: one entry named after the algorithm (``adam``, ``sgd`` or
         ``adagrad``); with ``learning_rate: null`` it is the constant ``lr``.
-        Last, ``embeddings`` when the file has an embedding learning rate.
+        Last, ``embeddings`` when the file has an embedding learning rate, or
+        each table by name when the tables carry their own optimizers.
 
         Returns:
             label -> schedule.
@@ -135,6 +149,8 @@ class LoadedConfig:
             )
         if self.embedding_learning_rate is not None:
             rates[EMBEDDINGS] = self.embedding_learning_rate
+        if isinstance(self.tables, table_config.LargeEmbeddingsConfig):
+            rates.update(table_config.table_learning_rates(self.tables))
         return rates
 
     def describe(self) -> str:
@@ -145,6 +161,9 @@ class LoadedConfig:
         if self.embedding_path is not None:
             state = "with" if self.embedding_learning_rate is not None else "without"
             text += f", embedding optimizer at '{self.embedding_path}' ({state} a learning rate)"
+        if self.tables is not None:
+            own = "each with its own optimizer" if self.table_optimizers else "under one optimizer"
+            text += f", {len(self.tables.tables)} tables at '{self.tables_path}' ({own})"
         return text
 
 
@@ -178,10 +197,13 @@ def load_config_file(path: str | os.PathLike[str]) -> LoadedConfig:
     try:
         document = yaml_loading.read_yaml_document(file)
     except FileNotFoundError as exc:
-        raise ConfigFileError(_one_line(str(exc))) from exc
+        raise ConfigFileError(one_line(str(exc))) from exc
     except (ValueError, OSError, UnicodeDecodeError) as exc:
-        raise ConfigFileError(_one_line(str(exc) if str(exc).startswith(str(file)) else f"{file}: {exc}")) from exc
+        raise ConfigFileError(one_line(str(exc) if str(exc).startswith(str(file)) else f"{file}: {exc}")) from exc
     data = document.data
+    model = data.get("model")
+    if "optimizer" not in data and isinstance(model, Mapping) and all(k in model for k in TWHIN_KEYS):
+        return _load_twhin(document, file)
 
     embedding_sections = [key for key in EMBEDDING_SECTIONS if key in data]
     if "optimizer" in data:
@@ -197,7 +219,7 @@ def load_config_file(path: str | os.PathLike[str]) -> LoadedConfig:
     where = ".".join(section_path) or "the top level"
     if not isinstance(section, Mapping) or not section:
         variables = document.substitutions.get(section_path)
-        got = f"the value of ${' $'.join(variables)}" if variables else _short(section)
+        got = f"the value of ${' $'.join(variables)}" if variables else short(section)
         raise ConfigFileError(
             f"{file}: {where}: expected an optimizer section (adam / sgd / adagrad with learning_rate, or adam with "
             f"multi_task_learning_rates / single_task_learning_rate), got {got}"
@@ -211,19 +233,69 @@ def load_config_file(path: str | os.PathLike[str]) -> LoadedConfig:
         )
     embedding = None
     embedding_path = None
+    tables = _tables(document, section_path)
+    if isinstance(tables, table_config.RecapLargeEmbeddingsConfig):
+        embedding = tables.optimizer
     if embedding_sections:
         embedding_path = embedding_sections[0]
         emb_path = tuple(embedding_path.split("."))
         emb_data = _get_path(data, emb_path)
-        if emb_data is not None:
+        if emb_data is not None and embedding is None:
             embedding = _validate(document, config_lib.EmbeddingOptimizerConfig, emb_data, emb_path)
-    return LoadedConfig(
+    loaded = LoadedConfig(
         path=file,
         optimizer=optimizer,
         embedding=embedding,
         optimizer_path=".".join(section_path),
         embedding_path=embedding_path,
+        tables=tables,
+        tables_path=None if tables is None else ".".join(TML_TABLES_PATH),
     )
+    _check_labels(loaded)
+    return loaded
+
+
+def _tables(
+    document: yaml_loading.YamlDocument, section_path: tuple[str, ...]
+) -> table_config.LargeEmbeddingsConfig | table_config.RecapLargeEmbeddingsConfig | None:
+    """The tables at ``model.large_embeddings`` of a whole TML config, when that section lists them."""
+    if section_path != ("optimizer",):
+        return None
+    section = _get_path(document.data, TML_TABLES_PATH)
+    if not isinstance(section, Mapping) or "tables" not in section:
+        return None
+    # The recap shape has one optimizer for every table; the shared shape one optimizer per table.
+    model_type = (
+        table_config.RecapLargeEmbeddingsConfig if "optimizer" in section else table_config.LargeEmbeddingsConfig
+    )
+    return _validate(document, model_type, section, TML_TABLES_PATH)
+
+
+def _load_twhin(document: yaml_loading.YamlDocument, file: Path) -> LoadedConfig:
+    """A TwHIN config: ``model`` holds the tables (each with its optimizer), relations and translation optimizer."""
+    model = _validate(document, table_config.TwhinModelConfig, document.data["model"], ("model",))
+    loaded = LoadedConfig(
+        path=file,
+        optimizer=model.translation_optimizer,
+        optimizer_path="model.translation_optimizer",
+        tables=model.embeddings,
+        tables_path="model.embeddings",
+    )
+    _check_labels(loaded)
+    return loaded
+
+
+def _check_labels(loaded: LoadedConfig) -> None:
+    """A table named like another group (a tower, ``backbone``, the algorithm) would share its label."""
+    if not loaded.table_optimizers:
+        return
+    others = LoadedConfig(loaded.path, loaded.optimizer, loaded.embedding).learning_rates()
+    clash = [name for name in loaded.table_optimizers if name in others]
+    if clash:
+        raise ConfigFileError(
+            f"{loaded.path}: {loaded.tables_path}.tables: table names {clash} are also the names of other groups "
+            f"({list(others)}); rename the tables"
+        )
 
 
 def _detect_schema(
@@ -263,120 +335,3 @@ def _get_path(data: Any, path: Sequence[str]) -> Any:
             return None
         data = data.get(key)
     return data
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    return yaml_loading.short_repr(value, limit)
-
-
-_FIELD_IN_MESSAGE = re.compile(r"^(?:(?P<owner>\w+): )?(?P<field>\w+)(?P<index>(?:\[\d+\])*)=")
-
-
-def format_validation_error(
-    error: pydantic.ValidationError,
-    model_type: type[pydantic.BaseModel] | None = None,
-    prefix: Sequence[str | int] = (),
-) -> str:
-    """One line for a pydantic error: the dotted path of the first bad field and what is wrong.
-
-    A check on a whole model whose message names the field it is about (e.g.
-    ``"linear_ramp_to_cosine: final_num_steps=5 must be > num_ramp_steps=10"``)
-    gets that field appended to the path. An unknown key lists the keys allowed there.
-
-    Args:
-        error: the validation error.
-        model_type: the model that was validated (to list allowed keys).
-        prefix: path of the validated section inside the file.
-
-    Returns:
-        ``"<path>: <message>"``, plus ``" (and N more errors)"`` when there are several.
-
-    Example:
-        >>> import pydantic
-        >>> try:
-        ...     config_lib.LearningRate.model_validate(
-        ...         {"linear_ramp_to_cosine": dict(learning_rate=1, final_learning_rate=0,
-        ...                                        num_ramp_steps=10, final_num_steps=5)})
-        ... except pydantic.ValidationError as exc:
-        ...     print(format_validation_error(exc, config_lib.LearningRate, ["lr"]))
-        lr.linear_ramp_to_cosine.final_num_steps: final_num_steps=5 must be > num_ramp_steps=10
-    """
-    errors = error.errors(include_url=False)
-    first = errors[0]
-    loc = [*prefix, *first["loc"]]
-    message = str(first["msg"])
-    kind = first["type"]
-    if kind == "value_error":
-        message = message.removeprefix("Value error, ")
-        match = _FIELD_IN_MESSAGE.match(message)
-        if match and loc:
-            owner, field, index = match["owner"], match["field"], match["index"]
-            if owner is not None and owner == loc[-1]:
-                loc.append(field + index)
-                message = message[len(owner) + 2 :]
-            elif field == loc[-1] and index:
-                loc[-1] = field + index
-    elif kind == "extra_forbidden":
-        allowed = _allowed_keys(model_type, first["loc"][:-1]) if model_type is not None else None
-        message = "unknown key" + (f" (allowed here: {', '.join(allowed)})" if allowed else "")
-    elif kind == "missing":
-        message = "required field is missing"
-    else:
-        message = f"{message} (got {_short(first.get('input'))})"
-    path = _dotted(loc) or "top level"
-    more = len(errors) - 1
-    suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
-    return _one_line(f"{path}: {message}{suffix}")
-
-
-def _dotted(loc: Sequence[str | int]) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += ("." if text else "") + str(part)
-    return text
-
-
-def _allowed_keys(model_type: type[pydantic.BaseModel], loc: Sequence[str | int]) -> list[str] | None:
-    """The field names of the model found by following ``loc`` from ``model_type``."""
-    annotation: Any = model_type
-    for part in loc:
-        model = _model_in(annotation)
-        if model is not None:
-            if not isinstance(part, str) or part not in model.model_fields:
-                return None
-            annotation = model.model_fields[part].annotation
-            continue
-        mapping_value = _mapping_value_type(annotation)
-        if mapping_value is None:
-            return None
-        annotation = mapping_value
-    model = _model_in(annotation)
-    return list(model.model_fields) if model is not None else None
-
-
-def _union_args(annotation: Any) -> tuple[Any, ...]:
-    origin = typing.get_origin(annotation)
-    if origin is typing.Union or origin is types.UnionType:
-        return tuple(a for a in typing.get_args(annotation) if a is not type(None))
-    return (annotation,)
-
-
-def _model_in(annotation: Any) -> type[pydantic.BaseModel] | None:
-    for arg in _union_args(annotation):
-        if isinstance(arg, type) and issubclass(arg, pydantic.BaseModel):
-            return arg
-    return None
-
-
-def _mapping_value_type(annotation: Any) -> Any:
-    for arg in _union_args(annotation):
-        if typing.get_origin(arg) is dict:
-            return typing.get_args(arg)[1]
-    return None

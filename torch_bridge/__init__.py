@@ -13,5 +13,14 @@ from torch_bridge.optimizers import build_optimizer
 from torch_bridge.recap import build_recap_optimizer
 from torch_bridge.recap_scheduler import RecapLRShim
 from torch_bridge.schedulers import LRShim
+from torch_bridge.tables import apply_table_optimizers, build_embedding_optimizer
 
-__all__ = ["LRShim", "RecapLRShim", "build_optimizer", "build_recap_optimizer", "learning_rates_from_torch"]
+__all__ = [
+    "LRShim",
+    "RecapLRShim",
+    "apply_table_optimizers",
+    "build_embedding_optimizer",
+    "build_optimizer",
+    "build_recap_optimizer",
+    "learning_rates_from_torch",
+]

@@ -46,7 +46,7 @@ from torch_bridge.schedulers import LRShim
 from torch_bridge.state_checks import guard_load_state_dict
 from torch_bridge.workarounds import initialise_state
 
-__all__ = ["ALL_PARAMS", "build_optimizer", "can_fuse_adam", "initial_lr", "learning_rate_of"]
+__all__ = ["ALL_PARAMS", "build_optimizer", "can_fuse_adam", "initial_lr", "learning_rate_of", "make_torch_optimizer"]
 
 ALL_PARAMS = "ALL_PARAMS"
 
@@ -115,6 +115,40 @@ def initial_lr(
     return torch.tensor(value, dtype=torch.float64, device=device)
 
 
+def make_torch_optimizer(
+    groups: list[dict[str, Any]], optimizer_config: config_lib.OptimizerConfig, *, tensor_lr: bool = False
+) -> torch.optim.Optimizer:
+    """The torch optimizer of ``optimizer_config``'s algorithm over ``groups`` (see the module docstring).
+
+    Example:
+        >>> from functional_opt import config
+        >>> w = torch.nn.Parameter(torch.zeros(1))
+        >>> type(make_torch_optimizer([{"params": [w], "lr": 0.1}], config.OptimizerConfig(sgd={"lr": 0.1}))).__name__
+        'SGD'
+    """
+    algorithm = config_lib.get_optimizer_algorithm_config(optimizer_config)
+    params = [p for g in groups for p in g["params"]]
+    if isinstance(algorithm, config_lib.AdamConfig):
+        options: dict[str, Any] = {}
+        if tensor_lr:
+            # See the module docstring; torch's multi-tensor Adam rejects a tensor lr unless capturable.
+            options = {"fused": True} if can_fuse_adam(params) else {"foreach": False}
+        return torch.optim.Adam(groups, betas=algorithm.betas, eps=algorithm.eps, **options)
+    if isinstance(algorithm, config_lib.SgdConfig):
+        return torch.optim.SGD(groups, momentum=algorithm.momentum, dampening=0.0)
+    if isinstance(algorithm, config_lib.AdagradConfig):
+        return torch.optim.Adagrad(
+            groups,
+            eps=algorithm.eps,
+            lr_decay=algorithm.lr_decay,
+            initial_accumulator_value=algorithm.initial_accumulator_value,
+        )
+    raise ValueError(
+        f"{optimizer_config.algorithm_name} is an embedding-table algorithm; a dense optimizer is "
+        "adam, sgd or adagrad"
+    )
+
+
 def build_optimizer(
     model: torch.nn.Module, optimizer_config: config_lib.OptimizerConfig, *, tensor_lr: bool = False
 ) -> tuple[torch.optim.Optimizer, LRShim]:
@@ -148,24 +182,8 @@ def build_optimizer(
         raise ValueError(f"build_optimizer: {type(model).__name__} has no parameters")
     learning_rate = learning_rate_of(optimizer_config)
     group = {"params": params, "lr": initial_lr(learning_rate, params, tensor_lr), "name": ALL_PARAMS}
-    algorithm = config_lib.get_optimizer_algorithm_config(optimizer_config)
-    optimizer: torch.optim.Optimizer
     entries = STATE_ENTRIES[optimizer_config.algorithm_name]
-    if isinstance(algorithm, config_lib.AdamConfig):
-        options: dict[str, Any] = {}
-        if tensor_lr:
-            # See the module docstring; torch's multi-tensor Adam rejects a tensor lr unless capturable.
-            options = {"fused": True} if can_fuse_adam(params) else {"foreach": False}
-        optimizer = torch.optim.Adam([group], betas=algorithm.betas, eps=algorithm.eps, **options)
-    elif isinstance(algorithm, config_lib.SgdConfig):
-        optimizer = torch.optim.SGD([group], momentum=algorithm.momentum, dampening=0.0)
-    else:
-        optimizer = torch.optim.Adagrad(
-            [group],
-            eps=algorithm.eps,
-            lr_decay=algorithm.lr_decay,
-            initial_accumulator_value=algorithm.initial_accumulator_value,
-        )
+    optimizer = make_torch_optimizer([group], optimizer_config, tensor_lr=tensor_lr)
     # A fresh optimizer holds the state of a started one, so DCP's in-place load fills it (see workarounds).
     initialise_state(optimizer)
     guard_load_state_dict(optimizer, entries)

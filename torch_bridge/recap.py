@@ -51,7 +51,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -65,6 +65,7 @@ from functional_opt.config_file import EMBEDDINGS
 from torch_bridge.keyed import RecapOptimizer
 from torch_bridge.optimizers import can_fuse_adam, initial_lr
 from torch_bridge.recap_scheduler import RecapLRShim
+from torch_bridge.tables import check_in_backward, fused_optimizer_of
 from torch_bridge.workarounds import fused_leaves
 
 if TYPE_CHECKING:
@@ -114,8 +115,8 @@ def build_recap_optimizer(
     every = list(model.named_parameters())
     named = dict(in_backward_optimizer_filter(every, include=False))
     in_backward = [n for n, p in in_backward_optimizer_filter(every, include=True) if p.numel()]
-    fused = _fused_optimizer(model)
-    _check_in_backward(in_backward, fused)
+    fused = fused_optimizer_of(model)
+    check_in_backward("build_recap_optimizer", in_backward, fused)
     emb_learning_rate = _embedding_learning_rate(fused, emb_optimizer_config)
 
     groups = grouping.recap_groups(list(named), recap_config, emb_optimizer_config)
@@ -178,31 +179,6 @@ def _name_fused_groups(fused: KeyedOptimizer) -> None:
     groups = [g for leaf in fused_leaves(fused) for g in leaf.param_groups]
     for i, group in enumerate(groups):
         group.setdefault("name", EMBEDDINGS if len(groups) == 1 else f"{EMBEDDINGS}.{i}")
-
-
-def _fused_optimizer(model: torch.nn.Module) -> KeyedOptimizer | None:
-    """The model's fused (in-backward) embedding optimizer, or None when it has none or an empty one."""
-    fused = getattr(model, "fused_optimizer", None)
-    if fused is None:
-        return None
-    if not list(fused.param_groups):
-        return None
-    return fused
-
-
-def _check_in_backward(in_backward: Sequence[str], fused: KeyedOptimizer | None) -> None:
-    """In-backward parameters must belong to the fused optimizer, or their LR could not be scheduled."""
-    if not in_backward:
-        return
-    exposed = set(fused.params) if fused is not None else set()
-    hidden = [n for n in in_backward if n not in exposed]
-    if hidden:
-        where = "model.fused_optimizer does not hold them" if fused is not None else "the model has no fused_optimizer"
-        raise ValueError(
-            f"build_recap_optimizer: parameters {hidden} are updated by an in-backward optimizer but {where}, "
-            "so their learning rate cannot be scheduled; shard them with DistributedModelParallel "
-            "(FUSED kernel) or drop apply_optimizer_in_backward"
-        )
 
 
 def _embedding_learning_rate(

@@ -21,6 +21,16 @@ deleted here (and nowhere else) when upstream changes.
 * :func:`evaluate_closure_once`: torchrec's ``CombinedOptimizer.step(closure)``
   hands the closure to every child optimizer, so a training step runs once per
   child.
+* :func:`set_kernel_grouping_key`: torchrec's sharder puts tables into one
+  fused (TBE) kernel when their fused parameters are equal, and a kernel has one
+  learning rate; tables with the same algorithm and step-0 rate but different
+  schedules would share it. torchrec reads each table's fused parameters from
+  the ``_optimizer_kwargs`` that ``apply_optimizer_in_backward`` attaches, groups
+  by them, and drops the ``"_batch_key"`` entry before building the kernel; a key
+  per schedule keeps such tables apart.
+* :func:`fused_kernel_settings`: torchrec's fused optimizer exposes no public
+  accessor for its kernel's algorithm and ``eps``; they are read from its
+  ``_emb_module`` (fbgemm's ``SplitTableBatchedEmbeddingBagsCodegen``).
 * :func:`keyed_from_positions`: DCP's ``get_state_dict`` renames the keys of a
   keyed optimizer's state to positions (it assumes torch's positional format and
   maps both ways), so a state saved through it comes back keyed by position.
@@ -36,11 +46,13 @@ import torch
 
 __all__ = [
     "evaluate_closure_once",
+    "fused_kernel_settings",
     "fused_leaves",
     "initialise_state",
     "keyed_from_positions",
     "optimizer_leaves",
     "set_fused_kernel_learning_rates",
+    "set_kernel_grouping_key",
 ]
 
 
@@ -87,6 +99,30 @@ def set_fused_kernel_learning_rates(leaves: Iterable[torch.optim.Optimizer]) -> 
     """
     for leaf in leaves:
         leaf.zero_grad()
+
+
+def set_kernel_grouping_key(params: Iterable[torch.Tensor], key: str) -> None:
+    """Makes torchrec's sharder put these parameters' tables only in a fused kernel with the same ``key``.
+
+    Call it after torchrec's ``apply_optimizer_in_backward`` on ``params``: the key
+    joins the fused parameters torchrec groups tables by (``"_batch_key"``, which
+    torchrec 1.8 removes before it builds the kernel).
+    """
+    for param in params:
+        kwargs = getattr(param, "_optimizer_kwargs", None)
+        if not kwargs:
+            raise ValueError("set_kernel_grouping_key: the parameter has no in-backward optimizer")
+        kwargs[-1]["_batch_key"] = key
+
+
+def fused_kernel_settings(leaf: torch.optim.Optimizer) -> tuple[str, float | None]:
+    """The fbgemm algorithm name (e.g. ``"EXACT_SGD"``) and ``eps`` of a torchrec fused optimizer's kernel."""
+    module = getattr(leaf, "_emb_module", None)
+    algorithm = getattr(module, "optimizer", None)
+    if algorithm is None:
+        return type(leaf).__name__, None
+    args = getattr(module, "optimizer_args", None)
+    return str(getattr(algorithm, "name", algorithm)), getattr(args, "eps", None)
 
 
 def initialise_state(optimizer: torch.optim.Optimizer) -> None:

@@ -153,11 +153,22 @@ def _reload(obj: Any, weights_only: bool) -> Any:
     return torch.load(buffer, weights_only=weights_only)
 
 
+def _sharded(state: Any) -> bool:
+    if isinstance(state, dict):
+        return any(_sharded(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return any(_sharded(v) for v in state)
+    return hasattr(state, "local_shards")
+
+
 def via_torch_save(model, opt, sched, fresh, path: Path) -> None:
-    checkpoint = _reload({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, weights_only=True)
-    model_state = model.state_dict()
-    # A DMP model's own state holds torchrec ShardedTensors, which torch.load takes only with weights_only=False.
-    sharded = any(hasattr(v, "local_shards") for v in model_state.values())
+    model_state, opt_state = model.state_dict(), opt.state_dict()
+    # A DMP model's own state (and a fused optimizer's accumulators) hold torchrec ShardedTensors, which
+    # torch.load takes only with weights_only=False.
+    sharded = _sharded(model_state)
+    checkpoint = _reload(
+        {"optimizer": opt_state, "scheduler": sched.state_dict()}, weights_only=not _sharded(opt_state)
+    )
     model2, opt2, sched2 = fresh
     model2.load_state_dict(_reload(model_state, weights_only=not sharded))
     opt2.load_state_dict(checkpoint["optimizer"])
