@@ -65,7 +65,8 @@ from functional_opt.config_file import EMBEDDINGS
 from torch_bridge.keyed import RecapOptimizer
 from torch_bridge.optimizers import can_fuse_adam, initial_lr
 from torch_bridge.recap_scheduler import RecapLRShim
-from torch_bridge.tables import check_in_backward, fused_optimizer_of
+from torch_bridge.schedulers import LRShim
+from torch_bridge.tables import TablesLike, check_in_backward, fused_optimizer_of, table_parts
 from torch_bridge.workarounds import fused_leaves
 
 if TYPE_CHECKING:
@@ -80,7 +81,8 @@ def build_recap_optimizer(
     emb_optimizer_config: config_lib.EmbeddingOptimizerConfig | None = None,
     *,
     tensor_lr: bool = False,
-) -> tuple[CombinedOptimizer, RecapLRShim]:
+    tables: TablesLike | None = None,
+) -> tuple[CombinedOptimizer, LRShim]:
     """Builds TML's recap optimizer and its scheduler.
 
     Args:
@@ -92,10 +94,16 @@ def build_recap_optimizer(
             fused embedding optimizer.
         tensor_lr: hold the dense groups' learning rates in 0-dim tensors updated
             in place (for ``torch.compile``; see the module docstring).
+        tables: every embedding table with its own optimizer and schedule, in place
+            of ``emb_optimizer_config``: each fused kernel and each unfused table
+            gets a param group named after its tables, driven by their schedule
+            (see :func:`torch_bridge.tables.build_embedding_optimizer`; apply
+            :func:`torch_bridge.apply_table_optimizers` before sharding).
 
     Returns:
         ``(optimizer, scheduler)``: a torchrec ``CombinedOptimizer`` (see the module
-        docstring for its parts) and a :class:`~torch_bridge.recap_scheduler.RecapLRShim`.
+        docstring for its parts) and a :class:`~torch_bridge.recap_scheduler.RecapLRShim`
+        (with ``tables``: an :class:`~torch_bridge.schedulers.LRShim` over every group).
 
     Raises:
         ValueError: a tower matches no parameter, a parameter matches two towers,
@@ -112,14 +120,22 @@ def build_recap_optimizer(
             f"got {type(emb_optimizer_config).__name__}"
         )
 
+    if tables is not None and emb_optimizer_config is not None:
+        raise ValueError(
+            "build_recap_optimizer: give the tables' optimizers either as emb_optimizer_config (one for all) "
+            "or as tables (one each), not both"
+        )
+
     every = list(model.named_parameters())
     named = dict(in_backward_optimizer_filter(every, include=False))
     in_backward = [n for n, p in in_backward_optimizer_filter(every, include=True) if p.numel()]
     fused = fused_optimizer_of(model)
     check_in_backward("build_recap_optimizer", in_backward, fused)
-    emb_learning_rate = _embedding_learning_rate(fused, emb_optimizer_config)
+    parts = None if tables is None else table_parts("build_recap_optimizer", named, fused, tables)
+    emb_learning_rate = _embedding_learning_rate(fused, emb_optimizer_config) if parts is None else None
+    dense_names = [n for n in named if parts is None or n not in parts.param_names]
 
-    groups = grouping.recap_groups(list(named), recap_config, emb_optimizer_config)
+    groups = grouping.recap_groups(dense_names, recap_config, emb_optimizer_config)
     # Every group's step-0 rate in one evaluation as data.
     values = schedule_plan.evaluate([g.learning_rate for g in groups], np.zeros(1, dtype=np.int64))[0]
     starts = {g.name: float(v) for g, v in zip(groups, values, strict=True)}
@@ -151,14 +167,22 @@ def build_recap_optimizer(
             return torch.optim.SGD(param_groups, momentum=0.0, dampening=0.0, maximize=False)
 
         optimizers.append(KeyedOptimizerWrapper(sgd_params, make_sgd))
-    if fused is not None:
+    lr_dict = {g.name: g.learning_rate for g in groups}
+    if parts is not None:
+        clash = [name for name in parts.learning_rates if name in lr_dict]
+        if clash:
+            raise ValueError(f"build_recap_optimizer: tables {clash} are named like a tower or backbone; rename them")
+        optimizers += parts.optimizers
+        lr_dict.update(parts.learning_rates)
+    elif fused is not None:
         _name_fused_groups(fused)
         optimizers.append(fused)
     if not optimizers:
         raise ValueError(f"build_recap_optimizer: {type(model).__name__} has no parameters to optimize")
 
     optimizer = RecapOptimizer(optimizers)
-    lr_dict = {g.name: g.learning_rate for g in groups}
+    if parts is not None:
+        return optimizer, LRShim(optimizer, lr_dict)
     return optimizer, RecapLRShim(optimizer, lr_dict, emb_learning_rate)
 
 

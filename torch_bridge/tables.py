@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -60,11 +60,13 @@ if TYPE_CHECKING:
     from torchrec.optim.keyed import KeyedOptimizer
 
 __all__ = [
+    "TableParts",
     "apply_table_optimizers",
     "build_embedding_optimizer",
     "check_in_backward",
     "fused_optimizer_of",
     "table_of",
+    "table_parts",
 ]
 
 TablesLike = table_config.LargeEmbeddingsConfig | Sequence[table_config.EmbeddingBagConfig]
@@ -146,9 +148,11 @@ def _match(owner: str, names: Sequence[str], configs: Mapping[str, Any]) -> dict
 def apply_table_optimizers(model: torch.nn.Module, tables: TablesLike) -> None:
     """Gives every table of ``model`` its algorithm in backward, before ``DistributedModelParallel`` shards it.
 
-    Each table's parameter gets torchrec's ``apply_optimizer_in_backward`` with its
-    algorithm (see the module docstring) at its schedule's step-0 rate; the
-    sharder turns it into the table's fused kernel. Tables are grouped into
+    Each table of a torchrec ``EmbeddingBagCollection`` (or ``EmbeddingCollection``)
+    gets torchrec's ``apply_optimizer_in_backward`` with its algorithm (see the
+    module docstring) at its schedule's step-0 rate; the sharder turns it into the
+    table's fused kernel. Other tables (a plain ``torch.nn.EmbeddingBag``) are left
+    as they are: the builder gives each its own torch optimizer. Tables are grouped into
     kernels by algorithm, hyper-parameters and schedule, so tables that share a
     kernel (and so its one learning rate) share a schedule.
 
@@ -163,12 +167,22 @@ def apply_table_optimizers(model: torch.nn.Module, tables: TablesLike) -> None:
             kernel (each named); nothing is changed then.
         TypeError: ``tables`` are not table configs.
     """
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
     from torchrec.optim import apply_optimizer_in_backward
 
     owner = "apply_table_optimizers"
     configs = _tables(owner, tables)
     named = dict(model.named_parameters())
     found = _match(owner, list(named), configs)
+    # Only torchrec's collections become fused kernels; other tables keep their torch optimizer (the builder's).
+    collections = (EmbeddingBagCollection, EmbeddingCollection)
+    shardable = {
+        f"{prefix}.{n}" if prefix else n
+        for prefix, module in model.named_modules()
+        if isinstance(module, collections)
+        for n, _ in module.named_parameters()
+    }
+    found = {t: [n for n in names if n in shardable] for t, names in found.items()}
     applied = [t for t in configs if any(hasattr(named[n], "_optimizer_classes") for n in found[t])]
     if applied:
         raise ValueError(f"{owner}: tables {applied} already have an in-backward optimizer; apply it once")
@@ -177,6 +191,8 @@ def apply_table_optimizers(model: torch.nn.Module, tables: TablesLike) -> None:
     for name, table in configs.items():
         optimizer_class, kwargs = options[name]
         params = [named[n] for n in found[name]]
+        if not params:
+            continue
         apply_optimizer_in_backward(optimizer_class, params, {"lr": starts[name], **kwargs})
         key = table_config.table_learning_rate(table.optimizer).model_dump_json(exclude_none=True)
         set_kernel_grouping_key(params, f"{table.optimizer.algorithm_name}:{sorted(kwargs.items())}:{key}")
@@ -240,6 +256,52 @@ def _fused_groups(
     return out
 
 
+class TableParts(NamedTuple):
+    """The tables' share of an optimizer: their optimizers (fused last), schedules by group, parameter names."""
+
+    optimizers: list[KeyedOptimizer]
+    learning_rates: dict[str, config_lib.LearningRate]
+    param_names: set[str]
+
+
+def table_parts(
+    owner: str,
+    named: Mapping[str, torch.Tensor],
+    fused: KeyedOptimizer | None,
+    tables: TablesLike,
+) -> TableParts:
+    """A torch optimizer per table that is not fused, then the fused optimizer with a group per kernel, checked.
+
+    Args:
+        owner: the builder's name, for messages.
+        named: the parameters outside in-backward optimizers, by name.
+        fused: the model's fused optimizer, or None.
+        tables: every table's config; each must name a table of ``named`` or of ``fused``.
+    """
+    configs = _tables(owner, tables)
+    fused_names = list(fused.params) if fused is not None else []
+    by_table = _match(owner, [*named, *fused_names], configs)
+    fused_tables = {table_of(n) for n in fused_names}
+    options = {name: _options(owner, table) for name, table in configs.items()}
+    fused_groups = _fused_groups(owner, fused, configs) if fused is not None else []
+    starts = _step0(list(configs.values()))
+    optimizers: list[KeyedOptimizer] = []
+    lr_dict: dict[str, config_lib.LearningRate] = {}
+    for name, table in configs.items():
+        if name in fused_tables:
+            continue
+        optimizer_class, kwargs = options[name]
+        params = {n: named[n] for n in by_table[name]}
+        group = {"params": list(params.values()), "lr": starts[name], "name": name}
+        optimizers.append(KeyedOptimizerWrapper(params, lambda _, c=optimizer_class, g=group, k=kwargs: c([g], **k)))
+        lr_dict[name] = table_config.table_learning_rate(table.optimizer)
+    if fused is not None:
+        optimizers.append(fused)
+        lr_dict.update({name: rate for _, name, rate in fused_groups})
+    param_names = {n for t, names in by_table.items() if t not in fused_tables for n in names}
+    return TableParts(optimizers, lr_dict, param_names)
+
+
 def build_embedding_optimizer(
     model: torch.nn.Module,
     tables: TablesLike,
@@ -280,18 +342,10 @@ def build_embedding_optimizer(
     in_backward = [n for n, p in in_backward_optimizer_filter(every, include=True) if p.numel()]
     fused = fused_optimizer_of(model)
     check_in_backward(owner, in_backward, fused)
-    fused_names = list(fused.params) if fused is not None else []
-    by_table = _match(owner, [*named, *fused_names], configs)
-    fused_tables = {table_of(n) for n in fused_names}
-    for table in configs.values():
-        _options(owner, table)
-    fused_groups = _fused_groups(owner, fused, configs) if fused is not None else []
-
-    starts = _step0(list(configs.values()))
+    parts = table_parts(owner, named, fused, tables)
     optimizers: list[KeyedOptimizer] = []
     lr_dict: dict[str, config_lib.LearningRate] = {}
-    table_params = {n for t, names in by_table.items() if t not in fused_tables for n in names}
-    dense = {n: p for n, p in named.items() if n not in table_params}
+    dense = {n: p for n, p in named.items() if n not in parts.param_names}
     if dense:
         if dense_optimizer is None:
             raise ValueError(f"{owner}: parameters {list(dense)} are not tables; give a dense_optimizer for them")
@@ -303,16 +357,7 @@ def build_embedding_optimizer(
         group = {"params": list(dense.values()), "lr": start, "name": name}
         optimizers.append(KeyedOptimizerWrapper(dense, lambda _, g=group: make_torch_optimizer([g], dense_optimizer)))
         lr_dict[name] = rate
-    for name, table in configs.items():
-        if name in fused_tables:
-            continue
-        optimizer_class, kwargs = _options(owner, table)
-        params = {n: named[n] for n in by_table[name]}
-        group = {"params": list(params.values()), "lr": starts[name], "name": name}
-        optimizers.append(KeyedOptimizerWrapper(params, lambda _, c=optimizer_class, g=group, k=kwargs: c([g], **k)))
-        lr_dict[name] = table_config.table_learning_rate(table.optimizer)
-    if fused is not None:
-        optimizers.append(fused)
-        lr_dict.update({name: rate for _, name, rate in fused_groups})
+    optimizers += parts.optimizers
+    lr_dict.update(parts.learning_rates)
     optimizer = RecapOptimizer(optimizers)
     return optimizer, LRShim(optimizer, lr_dict)

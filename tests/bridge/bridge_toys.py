@@ -208,8 +208,11 @@ def dense_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def shard_fused(model: RecapToyModel, init_lr: float = 0.1) -> nn.Module:
-    """``DistributedModelParallel`` over ``model``: ``ebc`` table-wise, FUSED kernel, SGD in backward."""
+def shard_fused(model: RecapToyModel, init_lr: float = 0.1, tables: object = None) -> nn.Module:
+    """``DistributedModelParallel`` over ``model``: ``ebc`` table-wise, FUSED kernel, SGD in backward.
+
+    With ``tables`` (table configs), each table's own optimizer instead (``torch_bridge.apply_table_optimizers``).
+    """
     from torchrec.distributed import DistributedModelParallel
     from torchrec.distributed.embedding_types import EmbeddingComputeKernel
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
@@ -218,7 +221,12 @@ def shard_fused(model: RecapToyModel, init_lr: float = 0.1) -> nn.Module:
     from torchrec.distributed.types import ShardingType
     from torchrec.optim import apply_optimizer_in_backward
 
-    apply_optimizer_in_backward(torch.optim.SGD, model.ebc.parameters(), {"lr": init_lr})
+    if tables is None:
+        apply_optimizer_in_backward(torch.optim.SGD, model.ebc.parameters(), {"lr": init_lr})
+    else:
+        from torch_bridge import apply_table_optimizers
+
+        apply_table_optimizers(model, tables)
     constraints = {
         t: ParameterConstraints(
             sharding_types=[ShardingType.TABLE_WISE.value],
