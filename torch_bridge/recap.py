@@ -66,7 +66,7 @@ from torch_bridge.keyed import RecapOptimizer
 from torch_bridge.optimizers import can_fuse_adam, initial_lr
 from torch_bridge.recap_scheduler import RecapLRShim
 from torch_bridge.schedulers import LRShim
-from torch_bridge.tables import TablesLike, check_in_backward, fused_optimizer_of, table_parts
+from torch_bridge.tables import TablesLike, check_in_backward, fused_optimizer_of, sharded_tables, table_parts
 from torch_bridge.workarounds import fused_leaves
 
 if TYPE_CHECKING:
@@ -131,7 +131,9 @@ def build_recap_optimizer(
     in_backward = [n for n, p in in_backward_optimizer_filter(every, include=True) if p.numel()]
     fused = fused_optimizer_of(model)
     check_in_backward("build_recap_optimizer", in_backward, fused)
-    parts = None if tables is None else table_parts("build_recap_optimizer", named, fused, tables)
+    parts = (
+        None if tables is None else table_parts("build_recap_optimizer", named, fused, tables, sharded_tables(model))
+    )
     emb_learning_rate = _embedding_learning_rate(fused, emb_optimizer_config) if parts is None else None
     dense_names = [n for n in named if parts is None or n not in parts.param_names]
 

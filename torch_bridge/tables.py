@@ -40,7 +40,7 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -65,6 +65,7 @@ __all__ = [
     "build_embedding_optimizer",
     "check_in_backward",
     "fused_optimizer_of",
+    "sharded_tables",
     "table_of",
     "table_parts",
 ]
@@ -126,14 +127,19 @@ def _step0(tables: Sequence[table_config.EmbeddingBagConfig]) -> dict[str, float
     return {t.name: float(v) for t, v in zip(tables, values, strict=True)}
 
 
-def _match(owner: str, names: Sequence[str], configs: Mapping[str, Any]) -> dict[str, list[str]]:
-    """Parameter names by table; every table of the model needs a config and every config a table."""
+def _match(
+    owner: str, names: Sequence[str], configs: Mapping[str, Any], elsewhere: Collection[str] = ()
+) -> dict[str, list[str]]:
+    """Parameter names by table; every table of the model needs a config and every config a table.
+
+    ``elsewhere``: tables the model has but whose rows live on other ranks only (no local parameter).
+    """
     found: dict[str, list[str]] = {}
     for name in names:
         table = table_of(name)
         if table is not None:
             found.setdefault(table, []).append(name)
-    missing = [t for t in configs if t not in found]
+    missing = [t for t in configs if t not in found and t not in elsewhere]
     unknown = [t for t in found if t not in configs]
     if missing or unknown:
         parts = []
@@ -196,6 +202,14 @@ def apply_table_optimizers(model: torch.nn.Module, tables: TablesLike) -> None:
         apply_optimizer_in_backward(optimizer_class, params, {"lr": starts[name], **kwargs})
         key = table_config.table_learning_rate(table.optimizer).model_dump_json(exclude_none=True)
         set_kernel_grouping_key(params, f"{table.optimizer.algorithm_name}:{sorted(kwargs.items())}:{key}")
+
+
+def sharded_tables(model: torch.nn.Module) -> set[str]:
+    """Every table a ``DistributedModelParallel`` model's sharding plan places, on any rank (empty otherwise)."""
+    plan = getattr(getattr(model, "plan", None), "plan", None)
+    if not isinstance(plan, Mapping):
+        return set()
+    return {str(t) for module_plan in plan.values() if isinstance(module_plan, Mapping) for t in module_plan}
 
 
 def fused_optimizer_of(model: torch.nn.Module) -> KeyedOptimizer | None:
@@ -269,6 +283,7 @@ def table_parts(
     named: Mapping[str, torch.Tensor],
     fused: KeyedOptimizer | None,
     tables: TablesLike,
+    elsewhere: Collection[str] = (),
 ) -> TableParts:
     """A torch optimizer per table that is not fused, then the fused optimizer with a group per kernel, checked.
 
@@ -276,11 +291,13 @@ def table_parts(
         owner: the builder's name, for messages.
         named: the parameters outside in-backward optimizers, by name.
         fused: the model's fused optimizer, or None.
-        tables: every table's config; each must name a table of ``named`` or of ``fused``.
+        tables: every table's config; each must name a table of ``named``, of
+            ``fused`` or of ``elsewhere``.
+        elsewhere: the model's tables sharded to other ranks (:func:`sharded_tables`).
     """
     configs = _tables(owner, tables)
     fused_names = list(fused.params) if fused is not None else []
-    by_table = _match(owner, [*named, *fused_names], configs)
+    by_table = _match(owner, [*named, *fused_names], configs, elsewhere)
     fused_tables = {table_of(n) for n in fused_names}
     options = {name: _options(owner, table) for name, table in configs.items()}
     fused_groups = _fused_groups(owner, fused, configs) if fused is not None else []
@@ -288,7 +305,7 @@ def table_parts(
     optimizers: list[KeyedOptimizer] = []
     lr_dict: dict[str, config_lib.LearningRate] = {}
     for name, table in configs.items():
-        if name in fused_tables:
+        if name in fused_tables or name not in by_table:  # fused, or held by other ranks only
             continue
         optimizer_class, kwargs = options[name]
         params = {n: named[n] for n in by_table[name]}
@@ -342,7 +359,7 @@ def build_embedding_optimizer(
     in_backward = [n for n, p in in_backward_optimizer_filter(every, include=True) if p.numel()]
     fused = fused_optimizer_of(model)
     check_in_backward(owner, in_backward, fused)
-    parts = table_parts(owner, named, fused, tables)
+    parts = table_parts(owner, named, fused, tables, sharded_tables(model))
     optimizers: list[KeyedOptimizer] = []
     lr_dict: dict[str, config_lib.LearningRate] = {}
     dense = {n: p for n, p in named.items() if n not in parts.param_names}

@@ -15,6 +15,12 @@ Everything goes to ``<out>/<run>_rank<r>.pt`` for the parent to compare.
 ``run="full"`` trains steps 0..29 and saves a checkpoint (model, optimizer,
 scheduler; one file per rank) after step 14; ``run="resume"`` starts fresh
 processes, loads that checkpoint and trains steps 15..29.
+
+``variant="tables"`` gives each table its own optimizer and schedule instead
+(:data:`TABLES`: exact Adagrad and exact row-wise Adagrad,
+``torch_bridge.apply_table_optimizers`` before sharding,
+``build_recap_optimizer(..., tables=TABLES)``); the record then also holds the
+fused optimizers' accumulators of the tables this rank owns.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from functional_opt import config
+from functional_opt import config, table_config
 from functional_opt.demo_model import Batch, ModelSpec, make_batches
 
 STEPS = 30
@@ -68,6 +74,37 @@ EMB_CONFIG = config.EmbeddingOptimizerConfig(
 )
 
 
+TABLES = table_config.LargeEmbeddingsConfig.model_validate(
+    {
+        "tables": [
+            {
+                "name": SPEC.tables[0][0],
+                "num_embeddings": SPEC.tables[0][1],
+                "embedding_dim": SPEC.embedding_dim,
+                "data_type": "fp32",
+                "optimizer": {
+                    "adagrad": {"lr": 0.2, "eps": 1e-8},
+                    "learning_rate": {"linear_ramp_to_constant": {"learning_rate": 0.2, "num_ramp_steps": 8}},
+                },
+            },
+            {
+                "name": SPEC.tables[1][0],
+                "num_embeddings": SPEC.tables[1][1],
+                "embedding_dim": SPEC.embedding_dim,
+                "data_type": "fp32",
+                "optimizer": {
+                    "rowwise_adagrad": {"lr": 0.1, "eps": 1e-8},
+                    "learning_rate": {
+                        "piecewise_constant": {"learning_rate_boundaries": [10], "learning_rate_values": [0.1, 0.04]}
+                    },
+                },
+            },
+        ]
+    }
+)
+VARIANTS = ("recap", "tables")
+
+
 def batches() -> list[Batch]:
     return make_batches(SPEC, STEPS, batch_size=GLOBAL_BATCH, seed=1)
 
@@ -93,8 +130,10 @@ def rank_slice(batch: Batch, rank: int, world_size: int) -> Batch:
     )
 
 
-def shard(model: torch.nn.Module) -> torch.nn.Module:
+def shard(model: torch.nn.Module, variant: str = "recap") -> torch.nn.Module:
     """``DistributedModelParallel`` over the process group: tables table-wise, FUSED kernel, fused SGD.
+
+    ``variant="tables"``: each table's own optimizer (:data:`TABLES`) instead of SGD.
 
     DMP creates the sharded tables afresh, so the model's initial rows are
     copied into the shards this rank holds.
@@ -107,7 +146,12 @@ def shard(model: torch.nn.Module) -> torch.nn.Module:
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
     initial = {n: p.detach().clone() for n, p in model.named_parameters() if ".embedding_bags." in n}
-    apply_optimizer_in_backward(torch.optim.SGD, model.ebc.parameters(), {"lr": EMB_CONFIG.init_learning_rate})
+    if variant == "tables":
+        from torch_bridge import apply_table_optimizers
+
+        apply_table_optimizers(model, TABLES)
+    else:
+        apply_optimizer_in_backward(torch.optim.SGD, model.ebc.parameters(), {"lr": EMB_CONFIG.init_learning_rate})
     constraints = {
         table: ParameterConstraints(
             sharding_types=[ShardingType.TABLE_WISE.value],
@@ -127,13 +171,18 @@ def shard(model: torch.nn.Module) -> torch.nn.Module:
     return sharded
 
 
-def build() -> tuple[torch.nn.Module, Any, Any]:
+def build(variant: str = "recap") -> tuple[torch.nn.Module, Any, Any]:
     """The sharded demo model, the bridge's recap optimizer and its scheduler (needs a process group)."""
     from torch_bridge import build_recap_optimizer
     from torch_bridge.demo_model import DemoRankingModel
 
-    model = shard(DemoRankingModel(SPEC, seed=0))
-    optimizer, scheduler = build_recap_optimizer(model, RECAP_CONFIG, EMB_CONFIG)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r} must be one of {VARIANTS}")
+    model = shard(DemoRankingModel(SPEC, seed=0), variant)
+    if variant == "tables":
+        optimizer, scheduler = build_recap_optimizer(model, RECAP_CONFIG, tables=TABLES)
+    else:
+        optimizer, scheduler = build_recap_optimizer(model, RECAP_CONFIG, EMB_CONFIG)
     return model, optimizer, scheduler
 
 
@@ -184,6 +233,20 @@ def kernel_learning_rates(model: torch.nn.Module) -> list[float]:
     return found
 
 
+def fused_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The fused optimizers' state (accumulators) of the tables this rank owns, copied."""
+    out = {}
+    for key, entries in model.fused_optimizer.state_dict()["state"].items():
+        for entry, value in entries.items():
+            if hasattr(value, "local_shards"):
+                shards = value.local_shards()
+                if not shards:
+                    continue
+                value = torch.cat([shard.tensor for shard in shards])
+            out[f"{key}.{entry}"] = value.detach().clone()
+    return out
+
+
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> None:
     weights = {name: p.detach().clone() for name, p in dense_params(model).items()}
     weights.update({name: t.detach().clone() for name, t in local_tables(model).items()})
@@ -224,7 +287,7 @@ def train(
         record["kernel_lrs"].append(kernel_learning_rates(model))
         fused = {id(g) for g in model.fused_optimizer.param_groups}
         record["dense_lrs"].append({g["name"]: g["lr"] for g in optimizer.param_groups if id(g) not in fused})
-        record["fused_lrs"].append([g["lr"] for g in model.fused_optimizer.param_groups])
+        record["fused_lrs"].append({g["name"]: g["lr"] for g in model.fused_optimizer.param_groups})
         optimizer.step()
         scheduler.step()
         record["losses"].append(loss.item())
@@ -233,10 +296,11 @@ def train(
             save_checkpoint(checkpoint, model, optimizer, scheduler)
     record["dense"] = {n: p.detach().clone() for n, p in dense_params(model).items()}
     record["tables"] = {n: t.detach().clone() for n, t in local_tables(model).items()}
+    record["fused_state"] = fused_state(model)
     return record
 
 
-def run_rank(rank: int, world_size: int, port: int, out: str, run: str) -> None:
+def run_rank(rank: int, world_size: int, port: int, out: str, run: str, variant: str = "recap") -> None:
     """Entry point of one spawned rank (``torch.multiprocessing.start_processes``)."""
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.manual_seed(1234 + rank)
@@ -244,8 +308,8 @@ def run_rank(rank: int, world_size: int, port: int, out: str, run: str) -> None:
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=TIMEOUT)
     try:
         out_dir = Path(out)
-        model, optimizer, scheduler = build()
-        checkpoint = out_dir / f"checkpoint_rank{rank}.pt"
+        model, optimizer, scheduler = build(variant)
+        checkpoint = out_dir / f"checkpoint_{variant}_rank{rank}.pt"
         data = [rank_slice(b, rank, world_size) for b in batches()]
         if run == "full":
             record = train(model, optimizer, scheduler, data, 0, STEPS, checkpoint=checkpoint)
@@ -257,16 +321,16 @@ def run_rank(rank: int, world_size: int, port: int, out: str, run: str) -> None:
         record["rank"] = rank
         ddp = torch.nn.parallel.DistributedDataParallel
         record["dense_in_ddp"] = any(isinstance(m, ddp) for m in model.modules())
-        torch.save(record, out_dir / f"{run}_rank{rank}.pt")
+        torch.save(record, out_dir / f"{variant}_{run}_rank{rank}.pt")
         dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
-def run_single_process() -> dict[str, Any]:
+def run_single_process(variant: str = "recap") -> dict[str, Any]:
     """The same model, data and optimizer in this process, world size 1 (the whole global batch per step)."""
     from torch_bridge.demo_model import single_process_group
 
     with single_process_group():
-        model, optimizer, scheduler = build()
+        model, optimizer, scheduler = build(variant)
         return train(model, optimizer, scheduler, batches(), 0, STEPS)

@@ -22,6 +22,10 @@ scheduler.step``:
 * a checkpoint saved after step 15 (per rank: model, optimizer, scheduler),
   loaded by two new processes that finish the run, gives bitwise the same
   losses, learning rates and parameters as the uninterrupted run.
+
+All of it twice: the recap optimizer with one embedding schedule (fused SGD),
+and with every table on its own optimizer and schedule (exact Adagrad and
+exact row-wise Adagrad, whose accumulators must resume bitwise too).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from functional_opt import schedules
+from functional_opt import schedules, table_config
 from functional_opt.demo_model import init_arrays
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -52,7 +56,7 @@ FLOAT32_RTOL = 1e-5
 class Ranks:
     """Both ranks of one run, started at once; ``wait`` joins them or terminates them."""
 
-    def __init__(self, run: str, out: Path) -> None:
+    def __init__(self, run: str, out: Path, variant: str) -> None:
         self.run = run
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.bind(("127.0.0.1", 0))
@@ -70,7 +74,7 @@ class Ranks:
         )
         self._context = mp.start_processes(
             worker.run_rank,
-            args=(worker.WORLD_SIZE, port, str(out), run),
+            args=(worker.WORLD_SIZE, port, str(out), run, variant),
             nprocs=worker.WORLD_SIZE,
             join=False,
             start_method="spawn",
@@ -97,28 +101,36 @@ class Ranks:
         self._store = None
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+@pytest.fixture(scope="module", params=worker.VARIANTS)
+def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Both launches (the reference runs here while the first one starts), then their records."""
-    out = tmp_path_factory.mktemp("distributed_torch")
-    full = Ranks("full", out)
+    variant = request.param
+    out = tmp_path_factory.mktemp(f"distributed_torch_{variant}")
+    full = Ranks("full", out, variant)
     try:
-        reference = worker.run_single_process()
+        reference = worker.run_single_process(variant)
         full.wait()
     finally:
         full.stop()
-    resume = Ranks("resume", out)
+    resume = Ranks("resume", out, variant)
     resume.wait()
-    return {
-        "full": [torch.load(out / f"full_rank{r}.pt", weights_only=False) for r in range(worker.WORLD_SIZE)],
-        "resume": [torch.load(out / f"resume_rank{r}.pt", weights_only=False) for r in range(worker.WORLD_SIZE)],
-        "reference": reference,
-    }
+
+    def load(run: str) -> list[dict[str, Any]]:
+        return [torch.load(out / f"{variant}_{run}_rank{r}.pt", weights_only=False) for r in range(worker.WORLD_SIZE)]
+
+    return {"variant": variant, "full": load("full"), "resume": load("resume"), "reference": reference}
 
 
 def _lr_configs() -> dict[str, Any]:
     multi = worker.RECAP_CONFIG.multi_task_learning_rates
     return {**multi.tower_learning_rates, "backbone": multi.backbone_learning_rate}
+
+
+def _fused_lr_configs(variant: str) -> dict[str, Any]:
+    """The schedule of each fused group by name: the one embedding schedule, or each table's own."""
+    if variant == "tables":
+        return table_config.table_learning_rates(worker.TABLES)
+    return {"embeddings": worker.EMB_CONFIG.learning_rate}
 
 
 def test_tables_are_split_across_the_ranks(runs: dict[str, Any]) -> None:
@@ -130,7 +142,7 @@ def test_tables_are_split_across_the_ranks(runs: dict[str, Any]) -> None:
 @pytest.mark.parametrize("run", ["full", "resume"])
 def test_every_rank_uses_compute_lr_at_every_step(runs: dict[str, Any], run: str) -> None:
     configs = _lr_configs()
-    emb = worker.EMB_CONFIG.learning_rate
+    fused_configs = _fused_lr_configs(runs["variant"])
     first = 0 if run == "full" else worker.CHECKPOINT_STEP
     for record in runs[run]:
         assert len(record["dense_lrs"]) == worker.STEPS - first
@@ -142,11 +154,13 @@ def test_every_rank_uses_compute_lr_at_every_step(runs: dict[str, Any], run: str
             for group, lr in dense.items():
                 expected = schedules.compute_lr(configs[group], k)
                 assert abs(lr - expected) <= 1e-12 * max(1.0, abs(expected)), (record["rank"], k, group, lr, expected)
-            expected_emb = schedules.compute_lr(emb, k)
             assert fused, "the rank has no fused embedding group"
-            for lr in fused:
-                assert abs(lr - expected_emb) <= 1e-12 * max(1.0, abs(expected_emb)), (record["rank"], k, lr)
-            assert kernel and all(lr == float(np.float32(expected_emb)) for lr in kernel), (record["rank"], k, kernel)
+            kernel_expected = []
+            for name, lr in fused.items():
+                expected = schedules.compute_lr(fused_configs[name], k)
+                assert abs(lr - expected) <= 1e-12 * max(1.0, abs(expected)), (record["rank"], k, name, lr)
+                kernel_expected.append(float(np.float32(expected)))
+            assert kernel == kernel_expected, (record["rank"], k, kernel)
 
 
 def test_dense_params_identical_across_ranks(runs: dict[str, Any]) -> None:
@@ -189,7 +203,10 @@ def test_resume_from_checkpoint_is_bitwise_equal(runs: dict[str, Any]) -> None:
         assert resumed["digests"] == full["digests"][start:]
         assert resumed["dense_lrs"] == full["dense_lrs"][start:]
         assert resumed["kernel_lrs"] == full["kernel_lrs"][start:]
-        for part in ("dense", "tables"):
+        assert resumed["fused_lrs"] == full["fused_lrs"][start:]
+        # Exact Adagrad / row-wise Adagrad keep an accumulator per table; fused SGD keeps none.
+        assert bool(full["fused_state"]) == (runs["variant"] == "tables"), sorted(full["fused_state"])
+        for part in ("dense", "tables", "fused_state"):
             assert sorted(resumed[part]) == sorted(full[part])
             for name, value in full[part].items():
                 assert torch.equal(resumed[part][name], value), (full["rank"], name)
