@@ -42,6 +42,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -60,12 +61,28 @@ __all__ = [
     "path_to_name",
     "recap_groups",
     "sanitize",
+    "table_of",
 ]
 
 BACKBONE = "backbone"
 DENSE_EMBEDDINGS = "dense_ebc"
 SINGLE_TASK = "single_task"
 EMBEDDING_MARKER = "embedding_bags"
+_TABLE_PARAM = re.compile(r"(?:^|\.)embedding_bags\.(?P<table>[^.]+)\.weight$")
+
+
+def table_of(param_name: str) -> str | None:
+    """The embedding table a parameter belongs to, by name (``...embedding_bags.<table>.weight``), or None.
+
+    torchrec's ``EmbeddingBagCollection`` names its tables so; a JAX model whose
+    pytree path spells the same name gets the same table.
+
+    Example:
+        >>> table_of("module.ebc.embedding_bags.user.weight"), table_of("translation.weight")
+        ('user', None)
+    """
+    match = _TABLE_PARAM.search(param_name)
+    return None if match is None else match["table"]
 
 
 def sanitize(task_name: str) -> str:

@@ -37,7 +37,7 @@ import jax
 import numpy as np
 import optax
 
-from functional_opt import grouping, recap_rules, torch_rules
+from functional_opt import grouping, recap_rules, table_rules, torch_rules
 
 __all__ = ["check_state", "group_learning_rates", "learning_rate"]
 
@@ -46,6 +46,7 @@ _LIBRARY_STATES = (
     torch_rules.TorchAdagradState,
     torch_rules.ScaleByLearningRateState,
     recap_rules.RecapState,
+    table_rules.FusedAdagradState,
 )
 _INJECT_STATES = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
 _RECORD = "built_from"

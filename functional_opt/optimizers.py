@@ -70,6 +70,13 @@ from functional_opt import config as config_lib
 from functional_opt import schedules
 from functional_opt.opt_state import check_state, group_learning_rates, learning_rate
 from functional_opt.recap import build_recap_optimizer, recap_labels
+from functional_opt.table_optimizers import build_table_optimizer, table_labels
+from functional_opt.table_rules import (
+    FusedAdagradState,
+    fused_exact_adagrad,
+    fused_exact_rowwise_adagrad,
+    fused_exact_sgd,
+)
 from functional_opt.torch_rules import (
     PROBE_STEPS,
     ScaleByLearningRateState,
@@ -83,16 +90,22 @@ from functional_opt.torch_rules import (
 
 __all__ = [
     "PROBE_STEPS",
+    "FusedAdagradState",
     "ScaleByLearningRateState",
     "TorchAdagradState",
     "TorchAdamState",
     "build_optimizer",
     "build_recap_optimizer",
+    "build_table_optimizer",
     "check_state",
+    "fused_exact_adagrad",
+    "fused_exact_rowwise_adagrad",
+    "fused_exact_sgd",
     "group_learning_rates",
     "learning_rate",
     "recap_labels",
     "scale_by_learning_rate",
+    "table_labels",
     "torch_adagrad",
     "torch_adam",
     "torch_sgd",

@@ -39,7 +39,6 @@ Example:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -51,6 +50,7 @@ from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from functional_opt import config as config_lib
 from functional_opt import schedule_plan, table_config
+from functional_opt.grouping import table_of
 from torch_bridge.keyed import RecapOptimizer
 from torch_bridge.optimizers import make_torch_optimizer
 from torch_bridge.schedulers import LRShim
@@ -66,26 +66,13 @@ __all__ = [
     "check_in_backward",
     "fused_optimizer_of",
     "sharded_tables",
-    "table_of",
     "table_parts",
 ]
 
 TablesLike = table_config.LargeEmbeddingsConfig | Sequence[table_config.EmbeddingBagConfig]
 
-_TABLE_PARAM = re.compile(r"(?:^|\.)embedding_bags\.(?P<table>[^.]+)\.weight$")
 # The fused kernel each algorithm runs (fbgemm's optimizer type names).
 KERNELS = {"sgd": "EXACT_SGD", "adagrad": "EXACT_ADAGRAD", "rowwise_adagrad": "EXACT_ROWWISE_ADAGRAD"}
-
-
-def table_of(param_name: str) -> str | None:
-    """The table a parameter name belongs to (``...embedding_bags.<table>.weight``), or None.
-
-    Example:
-        >>> table_of("module.ebc.embedding_bags.user.weight"), table_of("translation.weight")
-        ('user', None)
-    """
-    match = _TABLE_PARAM.search(param_name)
-    return None if match is None else match["table"]
 
 
 def _tables(owner: str, tables: TablesLike) -> dict[str, table_config.EmbeddingBagConfig]:
