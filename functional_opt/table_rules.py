@@ -8,7 +8,7 @@ The update rules of fbgemm_gpu 1.8's CPU ``SplitTableBatchedEmbeddingBagsCodegen
 CPU backward) and, for row-wise Adagrad on a float32 table, fbgemm's own
 ``GenerateSparseAdaGrad(D, rowwise=true)`` kernel (``rowwise_sparse_adagrad_ref``
 in ``src/RefImplementations.cc``). With ``g`` a row's gradient and
-``lr = float32(schedule(count))``:
+``lr = float32(schedule(count))`` (a float64 table: ``schedule(count)``):
 
 * ``EXACT_SGD`` (:func:`fused_exact_sgd`): ``w -= lr * g``.
 * ``EXACT_ADAGRAD`` (:func:`fused_exact_adagrad`): per element ``m += g * g``,
@@ -31,8 +31,11 @@ a never-looked-up row would get ``0 / 0``.
 The learning rate: update k uses ``schedule(k)``, as :mod:`functional_opt.torch_rules`.
 fbgemm keeps it in a float32 tensor (``learning_rate_tensor``, written by
 ``set_learning_rate``) and the kernel reads ``learning_rate_tensor.item<float>()``,
-so the rules round ``schedule(k)`` to float32 before use, whatever JAX's default
-float type; the state's ``learning_rate`` holds that rounded value. fbgemm's
+so for a table of 32 bits or fewer the rules round ``schedule(k)`` to float32
+before use, whatever JAX's default float type. A float64 table (which no fused
+kernel runs; its torch optimizer reads torch's float64 rate) takes the rate
+unrounded. The state's ``learning_rate`` is ``schedule(k)`` in JAX's default
+float type, as torch's param group holds it. fbgemm's
 accumulators (``momentum1``) start at 0 (``torch.zeros`` in its
 ``apply_split_helper``) and are float32; its ``eps`` defaults to ``1e-8``. The
 rules compute in the parameter's dtype, which for float32 tables is not bitwise
@@ -109,8 +112,8 @@ class FusedAdagradState(NamedTuple):
 
     Attributes:
         count: number of updates applied (int32).
-        learning_rate: the float32-rounded rate of the last update (before the
-            first: ``schedule(0)`` rounded), in JAX's default float type.
+        learning_rate: the rate of the last update (before the first:
+            ``schedule(0)``), in JAX's default float type, before a table's rounding.
         accumulator: fbgemm's ``momentum1``: one value per element, or per row
             (the parameter's shape without its last axis) for the row-wise rule.
         built_from: ``eps``, ``rowwise`` (1 for the row-wise rule, 0 otherwise) and
@@ -143,8 +146,15 @@ def _check_no_weight_decay(value: float, field: str) -> float:
 
 
 def _kernel_lr(schedule: schedules.Schedule, count: jax.Array) -> jax.Array:
-    """``schedule(count)`` rounded to float32, as fbgemm's ``learning_rate_tensor`` holds it (default float type)."""
-    return parts.lr_at(schedule, count).astype(jnp.float32).astype(jnp.result_type(float))
+    """``schedule(count)`` in the default float type (each leaf rounds it with :func:`_lr_for`)."""
+    return parts.lr_at(schedule, count)
+
+
+def _lr_for(lr: jax.Array, x: jax.Array) -> jax.Array:
+    """The rate a table of ``x``'s dtype runs with: float32 for 32 bits or fewer (fbgemm's
+    ``learning_rate_tensor``), float64 for a float64 table (which no fused kernel runs: its torch
+    optimizer takes torch's float64 rate)."""
+    return lr.astype(jnp.promote_types(jnp.float32, x.dtype)).astype(x.dtype)
 
 
 def _rows(name: str, params: optax.Params) -> optax.Params:
@@ -161,14 +171,14 @@ def _rows(name: str, params: optax.Params) -> optax.Params:
 def fused_exact_sgd(learning_rate: LearningRateLike) -> optax.GradientTransformation:
     """fbgemm's ``EXACT_SGD`` fused table optimizer as an optax transformation.
 
-    With ``lr = float32(schedule(count))``::
+    With ``lr = float32(schedule(count))`` (a float64 table: ``schedule(count)``)::
 
         update = -lr * g                           # fbgemm: w -= learning_rate * g
 
     This is :func:`functional_opt.torch_rules.scale_by_learning_rate` (and
     ``torch_sgd`` without momentum), but for the float32 rounding of the rate that
-    fbgemm's ``learning_rate_tensor`` applies; the state is the same
-    :class:`~functional_opt.torch_rules.ScaleByLearningRateState` and holds the rounded rate.
+    fbgemm's ``learning_rate_tensor`` applies (float64 tables: none); the state is the same
+    :class:`~functional_opt.torch_rules.ScaleByLearningRateState`.
 
     Args:
         learning_rate: a number, a scalar array or a schedule of the update count.
@@ -202,7 +212,7 @@ def fused_exact_sgd(learning_rate: LearningRateLike) -> optax.GradientTransforma
     ) -> tuple[optax.Updates, ScaleByLearningRateState]:
         del params
         lr = _kernel_lr(schedule, state.count)
-        new_updates = jax.tree.map(lambda g: parts.sgd_step(g, lr), updates)
+        new_updates = jax.tree.map(lambda g: parts.sgd_step(g, _lr_for(lr, g)), updates)
         return new_updates, state._replace(count=optax.safe_increment(state.count), learning_rate=lr)
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -229,11 +239,11 @@ def _adagrad(
 
     def element_step(g: jax.Array, m: jax.Array, lr: jax.Array) -> tuple[jax.Array, jax.Array]:
         m = m + g * g
-        return (-(lr.astype(g.dtype) * g)) / (jnp.sqrt(m) + parts.like(eps, m)), m
+        return (-(_lr_for(lr, g) * g)) / (jnp.sqrt(m) + parts.like(eps, m)), m
 
     def row_step(g: jax.Array, m: jax.Array, lr: jax.Array) -> tuple[jax.Array, jax.Array]:
         m = m + jnp.mean(g * g, axis=-1)
-        multiplier = lr.astype(g.dtype) / (jnp.sqrt(m) + parts.like(eps, m))
+        multiplier = _lr_for(lr, g) / (jnp.sqrt(m) + parts.like(eps, m))
         return -multiplier[..., None] * g, m
 
     step = row_step if rowwise else element_step
@@ -257,7 +267,7 @@ def _adagrad(
 def fused_exact_adagrad(learning_rate: LearningRateLike, eps: HyperParameter = 1e-8) -> optax.GradientTransformation:
     """fbgemm's ``EXACT_ADAGRAD`` fused table optimizer as an optax transformation.
 
-    With ``lr = float32(schedule(count))``, per element::
+    With ``lr = float32(schedule(count))`` (a float64 table: ``schedule(count)``), per element::
 
         m = m + g * g                              # m starts at 0
         update = (-(lr * g)) / (sqrt(m) + eps)     # fbgemm: w -= lr * g / (sqrt(m) + eps)
@@ -293,7 +303,7 @@ def fused_exact_rowwise_adagrad(
 ) -> optax.GradientTransformation:
     """fbgemm's ``EXACT_ROWWISE_ADAGRAD`` fused table optimizer as an optax transformation.
 
-    With ``lr = float32(schedule(count))``, for each row ``g`` of ``D`` elements
+    With ``lr = float32(schedule(count))`` (a float64 table: ``schedule(count)``), for each row ``g`` of ``D`` elements
     (the last axis is the embedding dimension, every other axis indexes rows)::
 
         m = m + sum(g * g) / D                     # one m per row, starting at 0

@@ -473,6 +473,29 @@ def test_check_example_passes(tmp_path: Path, dtype: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("example", "groups"),
+    [
+        ("twhin.yaml", ["sgd", "user", "tweet"]),
+        ("recap_tables.yaml", [*TOWERS[:2], "backbone", "user_id", "tweet_id", "author_id"]),
+    ],
+)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_check_covers_tables_with_their_own_optimizers(tmp_path: Path, example: str, groups: list, dtype: str) -> None:
+    result = run_cli("check", REPO / "examples" / example, "--steps", "12", "--dtype", dtype, cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    rows = check_lines(result.stdout)
+    assert list(rows) == groups
+    for name, row in rows.items():
+        lr_diff, lr_bar, param_diff, param_bar, moved = map(float, row[2:7])
+        assert row[-1] == "ok" and lr_diff <= lr_bar and param_diff <= param_bar, (name, row)
+        assert moved > 10 * param_diff, (name, row)
+    fused = "on fused kernels, DistributedModelParallel" in result.stdout
+    assert fused == (dtype == "float32")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
 def test_check_exit_1_when_a_group_is_beyond_the_bars(tmp_path: Path) -> None:
     # torch's Adagrad and its JAX twin both divide 0 by 0 with eps=0: a diverged run never passes.
     path = write(tmp_path / "adagrad.yaml", "adagrad: {lr: 0.1, eps: 0.0}\n")

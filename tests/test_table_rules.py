@@ -72,17 +72,40 @@ def run(tx: optax.GradientTransformation, dtype: Any, grads: np.ndarray = GRADS,
 @pytest.mark.usefixtures("x64")
 @pytest.mark.parametrize("algorithm", sorted(RULES))
 def test_float64_matches_the_reference(algorithm: str) -> None:
+    # A float64 table (no fused kernel runs one; its torch optimizer reads torch's float64 rate): the rate unrounded.
     params, state = run(RULES[algorithm](schedule), jnp.float64)
-    w, m = reference(algorithm)
+    w, m = reference(algorithm, lr=lambda k: 0.1 * (k + 1))
     np.testing.assert_allclose(params, w, rtol=1e-15, atol=1e-15)
     if algorithm != "sgd":
         assert state.accumulator.shape == m.shape
         np.testing.assert_allclose(np.asarray(state.accumulator), m, rtol=1e-15, atol=0)
-    # The float32 rounding of the rate is visible in float64: the unrounded rate gives another result.
-    unrounded, _ = reference(algorithm, lr=lambda k: 0.1 * (k + 1))
-    assert np.abs(unrounded - w).max() > 1e-10
+    # The float32 rounding of the kernel's rate would be visible here.
+    rounded, _ = reference(algorithm)
+    assert np.abs(rounded - w).max() > 1e-10
     assert int(state.count) == STEPS
-    assert float(state.learning_rate) == kernel_lr(STEPS - 1)
+    assert float(state.learning_rate) == 0.1 * STEPS
+
+
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("algorithm", sorted(RULES))
+def test_a_float32_table_runs_the_float32_rate_whatever_the_default_float(algorithm: str) -> None:
+    tx = RULES[algorithm](schedule)
+    state = tx.init(jnp.asarray(PARAMS, jnp.float32))
+    g = jnp.asarray(GRADS[0], jnp.float32)
+    updates, state = tx.update(g, state)
+    assert updates.dtype == jnp.float32
+    lr32 = np.float32(kernel_lr(0))
+    if algorithm == "sgd":
+        np.testing.assert_array_equal(np.asarray(updates), -(lr32 * np.asarray(g)))
+    else:
+        m = np.asarray(state.accumulator)
+        denominator = np.sqrt(m) + np.float32(EPS)
+        if algorithm == "adagrad":
+            expected = -(lr32 * np.asarray(g)) / denominator
+        else:
+            expected = -(lr32 / denominator)[:, None] * np.asarray(g)
+        np.testing.assert_array_equal(np.asarray(updates), expected)
+    assert float(state.learning_rate) == 0.1  # the state holds the schedule's value, as torch's param group
 
 
 def test_hand_computed_first_steps() -> None:
@@ -130,7 +153,7 @@ def test_jit_and_grad(algorithm: str) -> None:
     eager, eager_state = run(tx, jnp.float32)
     jitted, jitted_state = run(tx, jnp.float32, jit=True)
     np.testing.assert_allclose(jitted, eager, rtol=1e-6, atol=1e-7)
-    assert float(jitted_state.learning_rate) == float(eager_state.learning_rate) == np.float32(0.3)
+    assert float(jitted_state.learning_rate) == float(eager_state.learning_rate) == float(jnp.float32(0.1) * 3)
 
     def total_update(g: jax.Array) -> jax.Array:
         updates, _ = tx.update(g, tx.init(jnp.asarray(PARAMS, jnp.float32)))

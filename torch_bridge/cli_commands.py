@@ -19,9 +19,10 @@ synchronisation cost (on a busy 2-core machine, 50 times slower steps).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 import numpy as np
@@ -37,6 +38,14 @@ from torch_bridge.cli_shared import (
     embedding_config,
     group_label,
     quiet_torch,
+)
+from torch_bridge.cli_tables import (
+    jax_table_optimizer,
+    table_groups,
+    table_notes,
+    tables_in_torch,
+    torch_labels,
+    torch_table_optimizer,
 )
 
 __all__ = ["FLOAT32_RELATIVE_BAR", "FLOAT64_BAR", "GroupResult", "judge", "run_check"]
@@ -172,10 +181,11 @@ def _train_torch(
         loss.backward()
         seen = set()
         for group in optimizer.param_groups:
-            label = label_of(group)
-            if label not in seen:
-                lrs.setdefault(label, []).append(float(group["lr"]))
-                seen.add(label)
+            found = label_of(group)
+            for label in [found] if isinstance(found, str) else found:
+                if label not in seen:
+                    lrs.setdefault(label, []).append(float(group["lr"]))
+                    seen.add(label)
         optimizer.step()
         scheduler.step()
     return torch_demo.named_arrays(model), {k: np.asarray(v) for k, v in lrs.items()}
@@ -201,7 +211,9 @@ def _train_jax(
         # Cast in numpy first: a dtype conversion inside jnp.asarray compiles one XLA kernel per shape.
         params = demo_model.params_from_arrays({k: np.asarray(v, dtype=jdtype) for k, v in initial.items()}, jdtype)
         opt = loaded.optimizer
-        if isinstance(opt, config_lib.RecapOptimizerConfig):
+        if loaded.table_optimizers:
+            tx, lrs_of = jax_table_optimizer(loaded, params)
+        elif isinstance(opt, config_lib.RecapOptimizerConfig):
             tx = optimizers.build_recap_optimizer(params, opt, emb)
 
             def lrs_of(state: Any) -> dict[str, jax.Array]:
@@ -281,19 +293,28 @@ def run_check(
     batches = demo_model.make_batches(spec, steps, BATCH_SIZE, seed=seed)
     initial = demo_model.init_arrays(spec, seed)
 
-    with quiet_torch():
+    tables = list(loaded.table_optimizers)
+    fused = bool(tables) and dtype == "float32"
+    if tables:
+        notes += table_notes(loaded, spec, fused)
+    with quiet_torch(), torch_demo.single_process_group() if fused else contextlib.nullcontext():
         model = torch_demo.DemoRankingModel(spec, seed=seed, dtype=torch_dtype)
         names = [name for name, _ in model.named_parameters()]
         opt = loaded.optimizer
+        label_of: Callable[[Mapping[str, Any]], str | list[str]]
         try:
-            groups = _check_groups(loaded, names, emb)
-            if isinstance(opt, config_lib.RecapOptimizerConfig):
+            if tables:
+                groups = table_groups(loaded, names)
+                model, optimizer, scheduler = torch_table_optimizer(loaded, model, fused)
+            elif isinstance(opt, config_lib.RecapOptimizerConfig):
+                groups = _check_groups(loaded, names, emb)
                 from torch_bridge import build_recap_optimizer
 
                 optimizer, scheduler = build_recap_optimizer(model, opt, emb)
             else:
                 from torch_bridge import build_optimizer
 
+                groups = _check_groups(loaded, names, emb)
                 optimizer, scheduler = build_optimizer(model, opt)
         except ValueError as exc:
             raise CliError(f"{loaded.path}: cannot build the optimizer for the demo model: {exc}") from exc
@@ -305,13 +326,21 @@ def run_check(
             print(note, file=out)
         print(
             f"model: demo multi-task model, towers {list(spec.tasks)}, tables {[t for t, _ in spec.tables]} "
-            f"({'torch.nn.EmbeddingBag' if dtype == 'float64' else 'torchrec EmbeddingBagCollection'} in torch); "
+            f"({tables_in_torch(dtype, fused)} in torch); "
             f"{steps} steps of batch {BATCH_SIZE}, seed {seed}, {dtype}",
             file=out,
         )
-        params_torch, lrs_torch = _train_torch(
-            model, optimizer, scheduler, batches, spec, torch_dtype, lambda g: group_label(g, kind, algorithm)
-        )
+        if tables:
+
+            def label_of(group: Mapping[str, Any]) -> list[str]:
+                return torch_labels(group, tables)
+
+        else:
+
+            def label_of(group: Mapping[str, Any]) -> str:
+                return group_label(group, kind, algorithm)
+
+        params_torch, lrs_torch = _train_torch(model, optimizer, scheduler, batches, spec, torch_dtype, label_of)
     try:
         params_jax, lrs_jax = _train_jax(loaded, emb, initial, batches, spec, dtype)
     except ValueError as exc:

@@ -24,6 +24,7 @@ from functional_opt.config_file import EMBEDDINGS, LoadedConfig
 __all__ = [
     "DEFAULT_EMBEDDING_LR",
     "DEFAULT_TASKS",
+    "MAX_TABLE_ROWS",
     "check_spec",
     "demo_spec",
     "embedding_config",
@@ -57,9 +58,19 @@ def demo_spec(loaded: LoadedConfig) -> demo_model.ModelSpec:
     return _spec(loaded, base)
 
 
+MAX_TABLE_ROWS = 100
+"""The demo model's tables take the config's names and widths, with at most this many rows each."""
+
+
 def _spec(loaded: LoadedConfig, base: demo_model.ModelSpec) -> demo_model.ModelSpec:
+    changes: dict[str, Any] = {"tasks": _tasks(loaded)}
+    if loaded.table_optimizers:
+        tables = loaded.tables.tables
+        changes["tables"] = tuple((t.name, min(t.num_embeddings, MAX_TABLE_ROWS)) for t in tables)
+        if len({t.embedding_dim for t in tables}) == 1:
+            changes["embedding_dim"] = tables[0].embedding_dim
     try:
-        return dataclasses.replace(base, tasks=_tasks(loaded))
+        return dataclasses.replace(base, **changes)
     except ValueError as exc:
         raise CliError(f"{loaded.path}: cannot build the demo model: {exc}") from exc
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -246,7 +246,7 @@ def single_process_group() -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def shard_with_fused_embeddings(model: DemoRankingModel, learning_rate: float) -> nn.Module:
+def shard_with_fused_embeddings(model: DemoRankingModel, learning_rate: float, *, tables: Any = None) -> nn.Module:
     """Wraps ``model`` in ``DistributedModelParallel`` with fused SGD embedding tables.
 
     Every table is sharded table-wise on rank 0 with the FUSED compute kernel;
@@ -258,6 +258,8 @@ def shard_with_fused_embeddings(model: DemoRankingModel, learning_rate: float) -
     Args:
         model: the model (its tables move into the sharded module).
         learning_rate: the fused optimizer's initial learning rate.
+        tables: each table's own optimizer instead (table configs, see
+            :func:`torch_bridge.apply_table_optimizers`); ``learning_rate`` is then unused.
 
     Returns:
         The ``DistributedModelParallel`` module.
@@ -278,7 +280,12 @@ def shard_with_fused_embeddings(model: DemoRankingModel, learning_rate: float) -
     if not dist.is_initialized():
         raise RuntimeError("shard_with_fused_embeddings: no process group; use single_process_group()")
     ebc = getattr(model, EMBEDDING_ATTR)
-    apply_optimizer_in_backward(torch.optim.SGD, ebc.parameters(), {"lr": float(learning_rate)})
+    if tables is None:
+        apply_optimizer_in_backward(torch.optim.SGD, ebc.parameters(), {"lr": float(learning_rate)})
+    else:
+        from torch_bridge.tables import apply_table_optimizers
+
+        apply_table_optimizers(model, tables)
     constraints = {
         table: ParameterConstraints(
             sharding_types=[ShardingType.TABLE_WISE.value],

@@ -219,10 +219,12 @@ def test_rules_match_the_fbgemm_kernel(algorithm: str, eps: float) -> None:
             kept = run.params[name][:, rows - NEVER_LOOKED_UP :]
             assert (kept.view(np.uint32) == d.initial[name][rows - NEVER_LOOKED_UP :].view(np.uint32)).all()
             assert (run.accumulators[name][:, rows - NEVER_LOOKED_UP :] == 0).all()
-        # Step k used float32(compute_lr(k)) on both sides.
-        expected = np.float32([schedules.compute_lr(SCHEDULES[name], k) for k in range(STEPS)])
-        np.testing.assert_array_equal(fbgemm.lrs[name], expected)
-        np.testing.assert_array_equal(ours.lrs[name], expected)
+        # Step k used compute_lr(k): fbgemm holds it in float32, the rules round it so for a float32 table.
+        exact = np.asarray([schedules.compute_lr(SCHEDULES[name], k) for k in range(STEPS)])
+        np.testing.assert_array_equal(fbgemm.lrs[name], np.float32(exact))
+        # (inside the scan XLA's vectorised cos may differ from compute_lr's in the last bit)
+        np.testing.assert_allclose(ours.lrs[name], exact, rtol=1e-15, atol=0)
+        np.testing.assert_array_equal(np.float32(ours.lrs[name]), fbgemm.lrs[name])
     for name, gaps in relative_gaps(fbgemm.params, ours.params).items():
         assert gaps.max() <= BAR, (algorithm, name, float(gaps.max()), int(gaps.argmax()))
     if algorithm != "sgd":
