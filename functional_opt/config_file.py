@@ -1,6 +1,6 @@
 """Reading an optimizer config from any YAML file a user may hold.
 
-The command-line tool accepts three layouts:
+The command-line tool accepts these layouts:
 
 1. **The optimizer section itself**: the keys of a
    :class:`~functional_opt.config.RecapOptimizerConfig`
@@ -14,6 +14,15 @@ The command-line tool accepts three layouts:
    ``learning_rate`` drives the embedding tables.
 3. In either layout, a top-level ``emb_optimizer:`` or ``embedding_optimizer:``
    section (an ``EmbeddingOptimizerConfig``) may give the embedding optimizer instead.
+4. **A whole TML config listing its tables** at ``model.large_embeddings``:
+   TML's recap shape (``tables`` + one ``optimizer`` for all, a
+   :class:`~functional_opt.table_config.RecapLargeEmbeddingsConfig`) or the
+   shared shape (``tables``, each with its own ``optimizer``, a
+   :class:`~functional_opt.table_config.LargeEmbeddingsConfig`).
+5. **A TwHIN config** (no ``optimizer:`` key; ``model`` holds ``embeddings``,
+   ``relations`` and ``translation_optimizer``, a
+   :class:`~functional_opt.table_config.TwhinModelConfig`): the translation
+   optimizer is the optimizer section, each table has its own optimizer.
 
 Which optimizer schema applies is decided by the keys of the section:
 ``multi_task_learning_rates`` / ``single_task_learning_rate`` mean recap;
