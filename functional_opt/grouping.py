@@ -57,6 +57,7 @@ __all__ = [
     "SINGLE_TASK",
     "ParamGroup",
     "assign_group",
+    "match_tables",
     "named_leaves",
     "path_to_name",
     "recap_groups",
@@ -83,6 +84,44 @@ def table_of(param_name: str) -> str | None:
     """
     match = _TABLE_PARAM.search(param_name)
     return None if match is None else match["table"]
+
+
+def match_tables(
+    owner: str, names: Iterable[str], tables: Iterable[str], elsewhere: Iterable[str] = (), what: str = "parameter"
+) -> dict[str, list[str]]:
+    """Parameter names by table (:func:`table_of`); every table named needs a config and every config a table.
+
+    Args:
+        owner: the caller, for messages.
+        names: parameter (or leaf) names.
+        tables: the configured table names.
+        elsewhere: tables the model has without a local parameter (held by other ranks).
+        what: ``"parameter"`` or ``"leaf"``, for messages.
+
+    Raises:
+        ValueError: tables without a config or configs without a table, all named.
+
+    Example:
+        >>> match_tables("build", ["ebc.embedding_bags.user.weight", "w"], ["user"])
+        {'user': ['ebc.embedding_bags.user.weight']}
+    """
+    configured = list(tables)
+    found: dict[str, list[str]] = {}
+    for name in names:
+        table = table_of(name)
+        if table is not None:
+            found.setdefault(table, []).append(name)
+    away = set(elsewhere)
+    missing = [t for t in configured if t not in found and t not in away]
+    unknown = [t for t in found if t not in configured]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"tables {missing} of the config have no {what} embedding_bags.<table>.weight")
+        if unknown:
+            parts.append(f"tables {unknown} of the model have no config")
+        raise ValueError(f"{owner}: " + "; ".join(parts) + f" (config tables: {configured})")
+    return found
 
 
 def sanitize(task_name: str) -> str:

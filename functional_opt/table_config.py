@@ -53,6 +53,7 @@ from functional_opt.config_values import Number, _check_eps, _check_learning_rat
 from functional_opt.schedule_config import BaseConfig
 
 __all__ = [
+    "FUSED_ALGORITHMS",
     "TABLE_ALGORITHM_FIELDS",
     "DataType",
     "EmbeddingBagConfig",
@@ -65,6 +66,8 @@ __all__ = [
     "RowWiseAdagradConfig",
     "TableOptimizerConfig",
     "TwhinModelConfig",
+    "fused_options",
+    "table_configs",
     "table_learning_rate",
     "table_learning_rates",
 ]
@@ -300,3 +303,54 @@ def table_learning_rates(
         return {t.name: lr for t in tables.tables}
     listed: Sequence[Any] = tables.tables if isinstance(tables, LargeEmbeddingsConfig) else tables
     return {t.name: table_learning_rate(t.optimizer) for t in listed}
+
+
+def table_configs(owner: str, tables: Any) -> dict[str, EmbeddingBagConfig]:
+    """``{name: EmbeddingBagConfig}`` of a ``LargeEmbeddingsConfig`` or a list of table configs (type-checked).
+
+    Raises:
+        TypeError: anything else, naming ``owner``.
+    """
+    listed = tables.tables if isinstance(tables, LargeEmbeddingsConfig) else tables
+    if isinstance(listed, (str, bytes)) or not isinstance(listed, Sequence):
+        raise TypeError(f"{owner}: tables must be a LargeEmbeddingsConfig or a list of EmbeddingBagConfig")
+    bad = [type(t).__name__ for t in listed if not isinstance(t, EmbeddingBagConfig)]
+    if bad:
+        raise TypeError(f"{owner}: tables must be EmbeddingBagConfig (each with its optimizer), got {bad}")
+    return {t.name: t for t in listed}
+
+
+FUSED_ALGORITHMS = ("sgd", "adagrad", "rowwise_adagrad")
+"""The table algorithms fbgemm's CPU fused kernels run (exact SGD, Adagrad and row-wise Adagrad)."""
+
+
+def fused_options(owner: str, table: EmbeddingBagConfig) -> tuple[str, dict[str, float]]:
+    """A table's algorithm and the hyper-parameters its fused kernel takes besides the rate (``eps``).
+
+    Raises:
+        ValueError: an algorithm or option no fused kernel has (``adam``, SGD momentum,
+            Adagrad's ``lr_decay`` or ``initial_accumulator_value``), naming the table.
+
+    Example:
+        >>> t = EmbeddingBagConfig(name="t", num_embeddings=2, embedding_dim=2, data_type="fp32",
+        ...                        optimizer={"rowwise_adagrad": {"lr": 0.1, "eps": 1e-8}})
+        >>> fused_options("build", t)
+        ('rowwise_adagrad', {'eps': 1e-08})
+    """
+    algorithm = table.optimizer.algorithm_name
+    options = get_optimizer_algorithm_config(table.optimizer)
+    where = f"{owner}: table {table.name!r}"
+    if algorithm not in FUSED_ALGORITHMS:
+        raise ValueError(
+            f"{where}: {algorithm} has no fused CPU kernel in fbgemm; a table's optimizer is sgd, adagrad or "
+            "rowwise_adagrad"
+        )
+    if algorithm == "sgd":
+        if options.momentum:
+            raise ValueError(f"{where}: sgd.momentum={options.momentum} has no fused kernel; use momentum 0")
+        return algorithm, {}
+    if algorithm == "adagrad":
+        extra = {k: getattr(options, k) for k in ("lr_decay", "initial_accumulator_value") if getattr(options, k)}
+        if extra:
+            raise ValueError(f"{where}: adagrad {extra} have no fused kernel (fbgemm's exact Adagrad); set them to 0")
+    return algorithm, {"eps": options.eps}

@@ -54,15 +54,7 @@ DenseLike = config_lib.OptimizerConfig | config_lib.RecapOptimizerConfig | optax
 
 
 def _configs(tables: TablesLike) -> dict[str, table_config.EmbeddingBagConfig]:
-    listed = tables.tables if isinstance(tables, table_config.LargeEmbeddingsConfig) else tables
-    if isinstance(listed, (str, bytes)) or not isinstance(listed, Sequence):
-        raise TypeError("build_table_optimizer: tables must be a LargeEmbeddingsConfig or a list of EmbeddingBagConfig")
-    bad = [type(t).__name__ for t in listed if not isinstance(t, table_config.EmbeddingBagConfig)]
-    if bad:
-        raise TypeError(
-            f"build_table_optimizer: tables must be EmbeddingBagConfig (each with its optimizer), got {bad}"
-        )
-    return {t.name: t for t in listed}
+    return table_config.table_configs("build_table_optimizer", tables)
 
 
 def table_labels(params: optax.Params, tables: TablesLike) -> Any:
@@ -83,40 +75,23 @@ def table_labels(params: optax.Params, tables: TablesLike) -> Any:
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=_flax_variable)
     names = [grouping.path_to_name(path) for path, _ in leaves]
     labels = [grouping.table_of(n) or DENSE for n in names]
-    found = {label for label in labels if label != DENSE}
-    missing = [t for t in configs if t not in found]
-    unknown = sorted(found - set(configs))
-    if missing or unknown:
-        parts = []
-        if missing:
-            parts.append(f"tables {missing} of the config have no leaf embedding_bags.<table>.weight")
-        if unknown:
-            parts.append(f"tables {unknown} of the params have no config")
-        raise ValueError("build_table_optimizer: " + "; ".join(parts))
+    grouping.match_tables("build_table_optimizer", names, configs, what="leaf")
     if DENSE in configs:
         raise ValueError(f"build_table_optimizer: a table may not be named {DENSE!r} (the other leaves' label)")
     return jax.tree_util.tree_unflatten(treedef, labels)
 
 
+_RULES = {
+    "sgd": table_rules.fused_exact_sgd,
+    "adagrad": table_rules.fused_exact_adagrad,
+    "rowwise_adagrad": table_rules.fused_exact_rowwise_adagrad,
+}
+
+
 def _table_rule(table: table_config.EmbeddingBagConfig) -> optax.GradientTransformation:
-    algorithm = table.optimizer.algorithm_name
-    options = config_lib.get_optimizer_algorithm_config(table.optimizer)
+    algorithm, options = table_config.fused_options("build_table_optimizer", table)
     schedule = schedules.schedule_from_config(table_config.table_learning_rate(table.optimizer))
-    where = f"build_table_optimizer: table {table.name!r}"
-    if algorithm == "sgd":
-        if options.momentum:
-            raise ValueError(f"{where}: sgd.momentum={options.momentum} has no fused kernel; use momentum 0")
-        return table_rules.fused_exact_sgd(schedule)
-    if algorithm == "adagrad":
-        extra = {k: getattr(options, k) for k in ("lr_decay", "initial_accumulator_value") if getattr(options, k)}
-        if extra:
-            raise ValueError(f"{where}: adagrad {extra} have no fused kernel (fbgemm's exact Adagrad); set them to 0")
-        return table_rules.fused_exact_adagrad(schedule, eps=options.eps)
-    if algorithm == "rowwise_adagrad":
-        return table_rules.fused_exact_rowwise_adagrad(schedule, eps=options.eps)
-    raise ValueError(
-        f"{where}: {algorithm} has no fused kernel; a table's optimizer is sgd, adagrad or rowwise_adagrad"
-    )
+    return _RULES[algorithm](schedule, **options)
 
 
 def _dense(params: optax.Params, labels: Any, dense: DenseLike) -> optax.GradientTransformation | None:

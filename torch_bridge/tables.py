@@ -49,7 +49,7 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
 from functional_opt import config as config_lib
-from functional_opt import schedule_plan, table_config
+from functional_opt import grouping, schedule_plan, table_config
 from functional_opt.grouping import table_of
 from torch_bridge.keyed import RecapOptimizer
 from torch_bridge.optimizers import make_torch_optimizer
@@ -75,36 +75,21 @@ TablesLike = table_config.LargeEmbeddingsConfig | Sequence[table_config.Embeddin
 KERNELS = {"sgd": "EXACT_SGD", "adagrad": "EXACT_ADAGRAD", "rowwise_adagrad": "EXACT_ROWWISE_ADAGRAD"}
 
 
+_KERNEL_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adagrad": torch.optim.Adagrad,
+    "rowwise_adagrad": RowWiseAdagrad,
+}
+
+
 def _tables(owner: str, tables: TablesLike) -> dict[str, table_config.EmbeddingBagConfig]:
-    listed = tables.tables if isinstance(tables, table_config.LargeEmbeddingsConfig) else tables
-    if isinstance(listed, (str, bytes)) or not isinstance(listed, Sequence):
-        raise TypeError(f"{owner}: tables must be a LargeEmbeddingsConfig or a list of EmbeddingBagConfig")
-    bad = [type(t).__name__ for t in listed if not isinstance(t, table_config.EmbeddingBagConfig)]
-    if bad:
-        raise TypeError(f"{owner}: tables must be EmbeddingBagConfig (each with its optimizer), got {bad}")
-    return {t.name: t for t in listed}
+    return table_config.table_configs(owner, tables)
 
 
 def _options(owner: str, table: table_config.EmbeddingBagConfig) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
     """The torch optimizer class and hyper-parameters (without ``lr``) of a table, refused when no kernel runs it."""
-    algorithm = table.optimizer.algorithm_name
-    options = config_lib.get_optimizer_algorithm_config(table.optimizer)
-    where = f"{owner}: table {table.name!r}"
-    if algorithm == "sgd":
-        if options.momentum:
-            raise ValueError(f"{where}: sgd.momentum={options.momentum} has no fused kernel; use momentum 0")
-        return torch.optim.SGD, {}
-    if algorithm == "adagrad":
-        extra = {k: getattr(options, k) for k in ("lr_decay", "initial_accumulator_value") if getattr(options, k)}
-        if extra:
-            raise ValueError(f"{where}: adagrad {extra} have no fused kernel (fbgemm's exact Adagrad); set them to 0")
-        return torch.optim.Adagrad, {"eps": options.eps}
-    if algorithm == "rowwise_adagrad":
-        return RowWiseAdagrad, {"eps": options.eps}
-    raise ValueError(
-        f"{where}: {algorithm} has no fused CPU kernel in fbgemm; "
-        "a table's optimizer is sgd, adagrad or rowwise_adagrad"
-    )
+    algorithm, options = table_config.fused_options(owner, table)
+    return _KERNEL_OPTIMIZERS[algorithm], options
 
 
 def _step0(tables: Sequence[table_config.EmbeddingBagConfig]) -> dict[str, float]:
@@ -117,25 +102,7 @@ def _step0(tables: Sequence[table_config.EmbeddingBagConfig]) -> dict[str, float
 def _match(
     owner: str, names: Sequence[str], configs: Mapping[str, Any], elsewhere: Collection[str] = ()
 ) -> dict[str, list[str]]:
-    """Parameter names by table; every table of the model needs a config and every config a table.
-
-    ``elsewhere``: tables the model has but whose rows live on other ranks only (no local parameter).
-    """
-    found: dict[str, list[str]] = {}
-    for name in names:
-        table = table_of(name)
-        if table is not None:
-            found.setdefault(table, []).append(name)
-    missing = [t for t in configs if t not in found and t not in elsewhere]
-    unknown = [t for t in found if t not in configs]
-    if missing or unknown:
-        parts = []
-        if missing:
-            parts.append(f"tables {missing} of the config have no parameter embedding_bags.<table>.weight")
-        if unknown:
-            parts.append(f"tables {unknown} of the model have no config")
-        raise ValueError(f"{owner}: " + "; ".join(parts) + f" (config tables: {list(configs)})")
-    return found
+    return grouping.match_tables(owner, names, configs, elsewhere)
 
 
 def apply_table_optimizers(model: torch.nn.Module, tables: TablesLike) -> None:

@@ -66,6 +66,8 @@ def test_public_names() -> None:
     assert torch_bridge.__all__ == [
         "LRShim",
         "RecapLRShim",
+        "apply_table_optimizers",
+        "build_embedding_optimizer",
         "build_optimizer",
         "build_recap_optimizer",
         "learning_rates_from_torch",

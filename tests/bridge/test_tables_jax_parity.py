@@ -129,7 +129,7 @@ def test_tables_without_configs_or_configs_without_tables_are_refused() -> None:
     tables = [toys.table("user", {"sgd": {"lr": 0.1}}, rows=2), toys.table("video", {"sgd": {"lr": 0.1}}, rows=2)]
     cfg = table_config.LargeEmbeddingsConfig(tables=tables)
     with pytest.raises(
-        ValueError, match=r"tables \['video'\] of the config have no leaf.*tables \['item'\] of the params"
+        ValueError, match=r"tables \['video'\] of the config have no leaf.*tables \['item'\] of the model have no"
     ):
         optimizers.build_table_optimizer(params, cfg)
     only_user = table_config.LargeEmbeddingsConfig(tables=tables[:1])
@@ -138,5 +138,5 @@ def test_tables_without_configs_or_configs_without_tables_are_refused() -> None:
             {"bias": jnp.ones(2), "embedding_bags": {"user": params["embedding_bags"]["user"]}}, only_user
         )
     adam = table_config.LargeEmbeddingsConfig(tables=[toys.table("user", {"adam": {"lr": 0.1}}, rows=2)])
-    with pytest.raises(ValueError, match="table 'user': adam has no fused kernel"):
+    with pytest.raises(ValueError, match="table 'user': adam has no fused CPU kernel"):
         optimizers.build_table_optimizer({"embedding_bags": {"user": {"weight": jnp.ones((2, 2))}}}, adam)

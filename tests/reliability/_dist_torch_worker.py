@@ -19,8 +19,9 @@ processes, loads that checkpoint and trains steps 15..29.
 ``variant="tables"`` gives each table its own optimizer and schedule instead
 (:data:`TABLES`: exact Adagrad and exact row-wise Adagrad,
 ``torch_bridge.apply_table_optimizers`` before sharding,
-``build_recap_optimizer(..., tables=TABLES)``); the record then also holds the
-fused optimizers' accumulators of the tables this rank owns.
+``build_recap_optimizer(..., tables=TABLES)``) and checkpoints through DCP
+(``torch.distributed.checkpoint``, both ranks writing one checkpoint); the
+record then also holds the fused optimizers' accumulators of the tables this rank owns.
 """
 
 from __future__ import annotations
@@ -74,33 +75,29 @@ EMB_CONFIG = config.EmbeddingOptimizerConfig(
 )
 
 
-TABLES = table_config.LargeEmbeddingsConfig.model_validate(
+TABLE_OPTIMIZERS = (
     {
-        "tables": [
-            {
-                "name": SPEC.tables[0][0],
-                "num_embeddings": SPEC.tables[0][1],
-                "embedding_dim": SPEC.embedding_dim,
-                "data_type": "fp32",
-                "optimizer": {
-                    "adagrad": {"lr": 0.2, "eps": 1e-8},
-                    "learning_rate": {"linear_ramp_to_constant": {"learning_rate": 0.2, "num_ramp_steps": 8}},
-                },
-            },
-            {
-                "name": SPEC.tables[1][0],
-                "num_embeddings": SPEC.tables[1][1],
-                "embedding_dim": SPEC.embedding_dim,
-                "data_type": "fp32",
-                "optimizer": {
-                    "rowwise_adagrad": {"lr": 0.1, "eps": 1e-8},
-                    "learning_rate": {
-                        "piecewise_constant": {"learning_rate_boundaries": [10], "learning_rate_values": [0.1, 0.04]}
-                    },
-                },
-            },
-        ]
-    }
+        "adagrad": {"lr": 0.2, "eps": 1e-8},
+        "learning_rate": {"linear_ramp_to_constant": {"learning_rate": 0.2, "num_ramp_steps": 8}},
+    },
+    {
+        "rowwise_adagrad": {"lr": 0.1, "eps": 1e-8},
+        "learning_rate": {
+            "piecewise_constant": {"learning_rate_boundaries": [10], "learning_rate_values": [0.1, 0.04]}
+        },
+    },
+)
+TABLES = table_config.LargeEmbeddingsConfig(
+    tables=[
+        {
+            "name": name,
+            "num_embeddings": rows,
+            "embedding_dim": SPEC.embedding_dim,
+            "data_type": "fp32",
+            "optimizer": optimizer,
+        }
+        for (name, rows), optimizer in zip(SPEC.tables, TABLE_OPTIMIZERS, strict=True)
+    ]
 )
 VARIANTS = ("recap", "tables")
 
@@ -253,6 +250,33 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, schedule
     torch.save({"model": weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, path)
 
 
+def save_dcp(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> None:
+    """Every rank at once: the model's and the optimizer's tensors through DCP (each shard and accumulator
+    written by the rank that holds it); the rest of the optimizer's state and the scheduler's per rank.
+
+    The param groups are rank-local (each rank's fused kernels are its own) and DCP keeps one copy of an
+    entry that is not a tensor, so they travel with the per-rank file.
+    """
+    import torch.distributed.checkpoint as dcp
+
+    state = optimizer.state_dict()
+    dcp.save({"model": model.state_dict(), "optimizer": {"state": state["state"]}}, checkpoint_id=str(path))
+    rest = {k: v for k, v in state.items() if k != "state"}
+    torch.save({"optimizer": rest, "scheduler": scheduler.state_dict()}, path / f"rank{dist.get_rank()}.pt")
+
+
+def load_dcp(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> None:
+    """Into a fresh build: DCP fills the live state dicts in place, which are then loaded."""
+    import torch.distributed.checkpoint as dcp
+
+    target = {"model": model.state_dict(), "optimizer": {"state": optimizer.state_dict()["state"]}}
+    dcp.load(target, checkpoint_id=str(path))
+    local = torch.load(path / f"rank{dist.get_rank()}.pt", weights_only=True)
+    model.load_state_dict(target["model"])
+    optimizer.load_state_dict({**local["optimizer"], "state": target["optimizer"]["state"]})
+    scheduler.load_state_dict(local["scheduler"])
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> None:
     checkpoint = torch.load(path, weights_only=False)
     targets = {**dense_params(model), **local_tables(model)}
@@ -275,6 +299,7 @@ def train(
     start: int,
     stop: int,
     checkpoint: Path | None = None,
+    save: Any = save_checkpoint,
 ) -> dict[str, Any]:
     from torch_bridge.demo_model import loss_fn, to_torch
 
@@ -293,7 +318,7 @@ def train(
         record["losses"].append(loss.item())
         record["digests"].append(digest(dense_params(model)))
         if checkpoint is not None and k + 1 == CHECKPOINT_STEP:
-            save_checkpoint(checkpoint, model, optimizer, scheduler)
+            save(checkpoint, model, optimizer, scheduler)
     record["dense"] = {n: p.detach().clone() for n, p in dense_params(model).items()}
     record["tables"] = {n: t.detach().clone() for n, t in local_tables(model).items()}
     record["fused_state"] = fused_state(model)
@@ -309,12 +334,16 @@ def run_rank(rank: int, world_size: int, port: int, out: str, run: str, variant:
     try:
         out_dir = Path(out)
         model, optimizer, scheduler = build(variant)
-        checkpoint = out_dir / f"checkpoint_{variant}_rank{rank}.pt"
+        # The recap run checkpoints with torch.save per rank, the per-table run through DCP.
+        if variant == "tables":
+            checkpoint, save, load = out_dir / "dcp_checkpoint", save_dcp, load_dcp
+        else:
+            checkpoint, save, load = out_dir / f"checkpoint_rank{rank}.pt", save_checkpoint, load_checkpoint
         data = [rank_slice(b, rank, world_size) for b in batches()]
         if run == "full":
-            record = train(model, optimizer, scheduler, data, 0, STEPS, checkpoint=checkpoint)
+            record = train(model, optimizer, scheduler, data, 0, STEPS, checkpoint=checkpoint, save=save)
         elif run == "resume":
-            load_checkpoint(checkpoint, model, optimizer, scheduler)
+            load(checkpoint, model, optimizer, scheduler)
             record = train(model, optimizer, scheduler, data, CHECKPOINT_STEP, STEPS)
         else:
             raise ValueError(f"run={run!r} must be 'full' or 'resume'")

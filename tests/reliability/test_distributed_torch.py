@@ -23,9 +23,10 @@ scheduler.step``:
   loaded by two new processes that finish the run, gives bitwise the same
   losses, learning rates and parameters as the uninterrupted run.
 
-All of it twice: the recap optimizer with one embedding schedule (fused SGD),
-and with every table on its own optimizer and schedule (exact Adagrad and
-exact row-wise Adagrad, whose accumulators must resume bitwise too).
+All of it twice: the recap optimizer with one embedding schedule (fused SGD,
+checkpoints by ``torch.save`` per rank), and with every table on its own
+optimizer and schedule (exact Adagrad and exact row-wise Adagrad, whose
+accumulators must resume bitwise too; one DCP checkpoint written by both ranks).
 """
 
 from __future__ import annotations
