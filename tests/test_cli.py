@@ -474,13 +474,12 @@ def test_check_example_passes(tmp_path: Path, dtype: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("example", "groups"),
+    ("example", "groups", "dtype"),
     [
-        ("twhin.yaml", ["sgd", "user", "tweet"]),
-        ("recap_tables.yaml", [*TOWERS[:2], "backbone", "user_id", "tweet_id", "author_id"]),
+        ("twhin.yaml", ["sgd", "user", "tweet"], "float64"),
+        ("recap_tables.yaml", [*TOWERS[:2], "backbone", "user_id", "tweet_id", "author_id"], "float32"),
     ],
 )
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_check_covers_tables_with_their_own_optimizers(tmp_path: Path, example: str, groups: list, dtype: str) -> None:
     result = run_cli("check", REPO / "examples" / example, "--steps", "12", "--dtype", dtype, cwd=tmp_path)
     assert result.returncode == 0, (result.stdout, result.stderr)
