@@ -13,6 +13,7 @@ from torch_bridge.optimizers import build_optimizer
 from torch_bridge.recap import build_recap_optimizer
 from torch_bridge.recap_scheduler import RecapLRShim
 from torch_bridge.schedulers import LRShim
+from torch_bridge.state_transfer import export_state, import_state
 from torch_bridge.tables import apply_table_optimizers, build_embedding_optimizer
 
 __all__ = [
@@ -22,5 +23,7 @@ __all__ = [
     "build_embedding_optimizer",
     "build_optimizer",
     "build_recap_optimizer",
+    "export_state",
+    "import_state",
     "learning_rates_from_torch",
 ]

@@ -70,6 +70,8 @@ def test_public_names() -> None:
         "build_embedding_optimizer",
         "build_optimizer",
         "build_recap_optimizer",
+        "export_state",
+        "import_state",
         "learning_rates_from_torch",
     ]
     for name in torch_bridge.__all__:
