@@ -184,6 +184,7 @@ def build_recap_optimizer(
 
     optimizer = RecapOptimizer(optimizers)
     if parts is not None:
+        parts.name_fused_groups()
         return optimizer, LRShim(optimizer, lr_dict)
     return optimizer, RecapLRShim(optimizer, lr_dict, emb_learning_rate)
 

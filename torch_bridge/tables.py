@@ -82,10 +82,6 @@ _KERNEL_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 }
 
 
-def _tables(owner: str, tables: TablesLike) -> dict[str, table_config.EmbeddingBagConfig]:
-    return table_config.table_configs(owner, tables)
-
-
 def _options(owner: str, table: table_config.EmbeddingBagConfig) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
     """The torch optimizer class and hyper-parameters (without ``lr``) of a table, refused when no kernel runs it."""
     algorithm, options = table_config.fused_options(owner, table)
@@ -97,12 +93,6 @@ def _step0(tables: Sequence[table_config.EmbeddingBagConfig]) -> dict[str, float
     rates = [table_config.table_learning_rate(t.optimizer) for t in tables]
     values = schedule_plan.evaluate(rates, np.zeros(1, dtype=np.int64))[0]
     return {t.name: float(v) for t, v in zip(tables, values, strict=True)}
-
-
-def _match(
-    owner: str, names: Sequence[str], configs: Mapping[str, Any], elsewhere: Collection[str] = ()
-) -> dict[str, list[str]]:
-    return grouping.match_tables(owner, names, configs, elsewhere)
 
 
 def apply_table_optimizers(model: torch.nn.Module, tables: TablesLike) -> None:
@@ -131,9 +121,9 @@ def apply_table_optimizers(model: torch.nn.Module, tables: TablesLike) -> None:
     from torchrec.optim import apply_optimizer_in_backward
 
     owner = "apply_table_optimizers"
-    configs = _tables(owner, tables)
+    configs = table_config.table_configs(owner, tables)
     named = dict(model.named_parameters())
-    found = _match(owner, list(named), configs)
+    found = grouping.match_tables(owner, list(named), configs)
     # Only torchrec's collections become fused kernels; other tables keep their torch optimizer (the builder's).
     collections = (EmbeddingBagCollection, EmbeddingCollection)
     shardable = {
@@ -218,18 +208,25 @@ def _fused_groups(
                 "before sharding"
             )
         name = "+".join(t.name for t in tables)
-        for group in leaf.param_groups:
-            group["name"] = name
-            out.append((group, name, table_config.table_learning_rate(table.optimizer)))
+        out += [(group, name, table_config.table_learning_rate(table.optimizer)) for group in leaf.param_groups]
     return out
 
 
 class TableParts(NamedTuple):
-    """The tables' share of an optimizer: their optimizers (fused last), schedules by group, parameter names."""
+    """The tables' share of an optimizer: their optimizers (fused last), schedules by group, parameter names.
+
+    ``fused_names``: each fused kernel's param group and the name it takes (its tables
+    joined by ``+``); :meth:`name_fused_groups` writes them, once the build cannot fail.
+    """
 
     optimizers: list[KeyedOptimizer]
     learning_rates: dict[str, config_lib.LearningRate]
     param_names: set[str]
+    fused_names: list[tuple[dict[str, Any], str]]
+
+    def name_fused_groups(self) -> None:
+        for group, name in self.fused_names:
+            group["name"] = name
 
 
 def table_parts(
@@ -249,9 +246,9 @@ def table_parts(
             ``fused`` or of ``elsewhere``.
         elsewhere: the model's tables sharded to other ranks (:func:`sharded_tables`).
     """
-    configs = _tables(owner, tables)
+    configs = table_config.table_configs(owner, tables)
     fused_names = list(fused.params) if fused is not None else []
-    by_table = _match(owner, [*named, *fused_names], configs, elsewhere)
+    by_table = grouping.match_tables(owner, [*named, *fused_names], configs, elsewhere)
     fused_tables = {table_of(n) for n in fused_names}
     options = {name: _options(owner, table) for name, table in configs.items()}
     fused_groups = _fused_groups(owner, fused, configs) if fused is not None else []
@@ -270,7 +267,7 @@ def table_parts(
         optimizers.append(fused)
         lr_dict.update({name: rate for _, name, rate in fused_groups})
     param_names = {n for t, names in by_table.items() if t not in fused_tables for n in names}
-    return TableParts(optimizers, lr_dict, param_names)
+    return TableParts(optimizers, lr_dict, param_names, [(group, name) for group, name, _ in fused_groups])
 
 
 def build_embedding_optimizer(
@@ -305,7 +302,7 @@ def build_embedding_optimizer(
         TypeError: configs of the wrong type.
     """
     owner = "build_embedding_optimizer"
-    configs = _tables(owner, tables)
+    configs = table_config.table_configs(owner, tables)
     if dense_optimizer is not None and not isinstance(dense_optimizer, config_lib.OptimizerConfig):
         raise TypeError(f"{owner}: dense_optimizer must be an OptimizerConfig or None, got {type(dense_optimizer)}")
     every = list(model.named_parameters())
@@ -330,5 +327,6 @@ def build_embedding_optimizer(
         lr_dict[name] = rate
     optimizers += parts.optimizers
     lr_dict.update(parts.learning_rates)
+    parts.name_fused_groups()
     optimizer = RecapOptimizer(optimizers)
     return optimizer, LRShim(optimizer, lr_dict)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_resume_clients import CHECKPOINTERS, Case, max_gaps
 
-from functional_opt import table_config
+from functional_opt import config, table_config
 from functional_opt.schedules import compute_lr
 from torch_bridge import build_recap_optimizer
 from torch_bridge.schedulers import LRShim
@@ -110,3 +110,23 @@ def test_resume_is_bitwise_equal(process_group: None, tmp_path: Path, checkpoint
 def test_tables_and_one_embedding_optimizer_together_are_refused() -> None:
     with pytest.raises(ValueError, match="either as emb_optimizer_config .* or as tables"):
         build_recap_optimizer(toys.RecapToyModel(), toys.recap_config(), toys.emb_config(), tables=tables())
+
+
+def test_a_table_named_like_a_dense_group_is_refused() -> None:
+    model = torch.nn.Module()
+    model.embedding_bags = torch.nn.ModuleDict({"backbone": torch.nn.EmbeddingBag(4, 2)})
+    model.towers = torch.nn.ModuleDict({"a": torch.nn.Linear(2, 1)})
+    model.mlp = torch.nn.Linear(2, 2)
+    recap = config.RecapOptimizerConfig(
+        adam={},
+        multi_task_learning_rates={
+            "tower_learning_rates": {"a": {"constant": 0.1}},
+            "backbone_learning_rate": {"constant": 0.01},
+        },
+    )
+    clash = table_config.LargeEmbeddingsConfig(
+        tables=[{"name": "backbone", "num_embeddings": 4, "embedding_dim": 2, "data_type": "fp32",
+                 "optimizer": {"sgd": {"lr": 0.1}}}]
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"tables \['backbone'\] are named like a tower or backbone"):
+        build_recap_optimizer(model, recap, tables=clash)
