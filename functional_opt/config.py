@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import pydantic
 from pydantic import Field, field_validator, model_validator
@@ -94,6 +94,7 @@ __all__ = [
     "SgdConfig",
     "WarmupStableDecay",
     "get_optimizer_algorithm_config",
+    "learning_rate_of",
     "load_config_from_yaml",
 ]
 
@@ -176,6 +177,9 @@ class OptimizerConfig(BaseConfig):
         adagrad: see :class:`AdagradConfig`.
     """
 
+    algorithm_fields: ClassVar[tuple[str, ...]] = ALGORITHM_FIELDS
+    """The algorithm sections, exactly one of which is set (a subclass may add some)."""
+
     learning_rate: LearningRate | None = Field(None, description="Constant learning rates")
     adam: AdamConfig | None = Field(None)
     sgd: SgdConfig | None = Field(None)
@@ -183,13 +187,13 @@ class OptimizerConfig(BaseConfig):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> OptimizerConfig:
-        self._one_of("optimizer", ALGORITHM_FIELDS)
+        self._one_of("optimizer", self.algorithm_fields)
         return self
 
     @property
     def algorithm_name(self) -> str:
-        """``"adam"``, ``"sgd"`` or ``"adagrad"``."""
-        return next(f for f in ALGORITHM_FIELDS if getattr(self, f) is not None)
+        """The algorithm section that is set: ``"adam"``, ``"sgd"`` or ``"adagrad"`` (or a subclass's)."""
+        return next(f for f in self.algorithm_fields if getattr(self, f) is not None)
 
 
 def get_optimizer_algorithm_config(
@@ -197,6 +201,18 @@ def get_optimizer_algorithm_config(
 ) -> AdamConfig | SgdConfig | AdagradConfig:
     """Returns the algorithm config (adam, sgd or adagrad) that ``optimizer_config`` selects."""
     return getattr(optimizer_config, optimizer_config.algorithm_name)
+
+
+def learning_rate_of(optimizer_config: OptimizerConfig) -> LearningRate:
+    """The schedule of ``optimizer_config``: its ``learning_rate``, or ``constant(<algorithm>.lr)`` when null.
+
+    Example:
+        >>> learning_rate_of(OptimizerConfig(sgd={"lr": 0.3})).constant
+        0.3
+    """
+    if optimizer_config.learning_rate is not None:
+        return optimizer_config.learning_rate
+    return LearningRate(constant=get_optimizer_algorithm_config(optimizer_config).lr)
 
 
 class RecapAdamConfig(BaseConfig):

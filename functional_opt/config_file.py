@@ -152,10 +152,7 @@ class LoadedConfig:
             elif opt.single_task_learning_rate is not None:
                 rates["single_task"] = opt.single_task_learning_rate
         else:
-            algorithm = config_lib.get_optimizer_algorithm_config(opt)
-            rates[opt.algorithm_name] = (
-                opt.learning_rate if opt.learning_rate is not None else config_lib.LearningRate(constant=algorithm.lr)
-            )
+            rates[opt.algorithm_name] = config_lib.learning_rate_of(opt)
         if self.embedding_learning_rate is not None:
             rates[EMBEDDINGS] = self.embedding_learning_rate
         if isinstance(self.tables, table_config.LargeEmbeddingsConfig):

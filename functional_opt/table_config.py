@@ -39,7 +39,7 @@ from __future__ import annotations
 import enum
 import unicodedata
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
@@ -48,6 +48,7 @@ from functional_opt.config import (
     LearningRate,
     OptimizerConfig,
     get_optimizer_algorithm_config,
+    learning_rate_of,
 )
 from functional_opt.config_values import Number, _check_eps, _check_learning_rate
 from functional_opt.schedule_config import BaseConfig
@@ -68,7 +69,6 @@ __all__ = [
     "TwhinModelConfig",
     "fused_options",
     "table_configs",
-    "table_learning_rate",
     "table_learning_rates",
 ]
 
@@ -119,17 +119,9 @@ class TableOptimizerConfig(OptimizerConfig):
         rowwise_adagrad: see :class:`RowWiseAdagradConfig`.
     """
 
+    algorithm_fields: ClassVar[tuple[str, ...]] = TABLE_ALGORITHM_FIELDS
+
     rowwise_adagrad: RowWiseAdagradConfig | None = Field(None)
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> TableOptimizerConfig:
-        self._one_of("optimizer", TABLE_ALGORITHM_FIELDS)
-        return self
-
-    @property
-    def algorithm_name(self) -> str:
-        """``"adam"``, ``"sgd"``, ``"adagrad"`` or ``"rowwise_adagrad"``."""
-        return next(f for f in TABLE_ALGORITHM_FIELDS if getattr(self, f) is not None)
 
 
 def _check_table_name(name: str) -> str:
@@ -282,13 +274,6 @@ class TwhinModelConfig(BaseConfig):
         return self
 
 
-def table_learning_rate(optimizer: OptimizerConfig) -> LearningRate:
-    """A table's schedule: ``learning_rate``, or the algorithm's ``lr`` as a constant when it is null."""
-    if optimizer.learning_rate is not None:
-        return optimizer.learning_rate
-    return LearningRate(constant=get_optimizer_algorithm_config(optimizer).lr)
-
-
 def table_learning_rates(
     tables: LargeEmbeddingsConfig | RecapLargeEmbeddingsConfig | Sequence[EmbeddingBagConfig],
 ) -> dict[str, LearningRate]:
@@ -302,7 +287,7 @@ def table_learning_rates(
         lr = emb.learning_rate or LearningRate(constant=emb.init_learning_rate)
         return {t.name: lr for t in tables.tables}
     listed: Sequence[Any] = tables.tables if isinstance(tables, LargeEmbeddingsConfig) else tables
-    return {t.name: table_learning_rate(t.optimizer) for t in listed}
+    return {t.name: learning_rate_of(t.optimizer) for t in listed}
 
 
 def table_configs(owner: str, tables: Any) -> dict[str, EmbeddingBagConfig]:

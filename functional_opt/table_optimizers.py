@@ -53,10 +53,6 @@ TablesLike = table_config.LargeEmbeddingsConfig | Sequence[table_config.Embeddin
 DenseLike = config_lib.OptimizerConfig | config_lib.RecapOptimizerConfig | optax.GradientTransformation | None
 
 
-def _configs(tables: TablesLike) -> dict[str, table_config.EmbeddingBagConfig]:
-    return table_config.table_configs("build_table_optimizer", tables)
-
-
 def table_labels(params: optax.Params, tables: TablesLike) -> Any:
     """``params`` with each leaf replaced by its table's name, or :data:`DENSE`.
 
@@ -71,7 +67,7 @@ def table_labels(params: optax.Params, tables: TablesLike) -> Any:
         >>> table_labels({"embedding_bags": {"t": {"weight": jnp.ones((2, 2))}}, "b": jnp.ones(1)}, [t])
         {'b': 'dense', 'embedding_bags': {'t': {'weight': 't'}}}
     """
-    configs = _configs(tables)
+    configs = table_config.table_configs("build_table_optimizer", tables)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=_flax_variable)
     names = [grouping.path_to_name(path) for path, _ in leaves]
     labels = [grouping.table_of(n) or DENSE for n in names]
@@ -90,7 +86,7 @@ _RULES = {
 
 def _table_rule(table: table_config.EmbeddingBagConfig) -> optax.GradientTransformation:
     algorithm, options = table_config.fused_options("build_table_optimizer", table)
-    schedule = schedules.schedule_from_config(table_config.table_learning_rate(table.optimizer))
+    schedule = schedules.schedule_from_config(config_lib.learning_rate_of(table.optimizer))
     return _RULES[algorithm](schedule, **options)
 
 
@@ -136,7 +132,9 @@ def build_table_optimizer(
         TypeError: configs of the wrong type.
     """
     labels = table_labels(params, tables)
-    transforms = {name: _table_rule(table) for name, table in _configs(tables).items()}
+    transforms = {
+        name: _table_rule(table) for name, table in table_config.table_configs("build_table_optimizer", tables).items()
+    }
     dense_tx = _dense(params, labels, dense)
     if dense_tx is not None:
         transforms[DENSE] = dense_tx

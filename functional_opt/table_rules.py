@@ -92,7 +92,6 @@ import jax.numpy as jnp
 import optax
 
 from functional_opt import config as config_lib
-from functional_opt import schedules
 from functional_opt import torch_rule_parts as parts
 from functional_opt.torch_rules import ScaleByLearningRateState
 
@@ -143,11 +142,6 @@ def _check_no_weight_decay(value: float, field: str) -> float:
             "float32 kernel ignores L2 and DECOUPLE too for a table not shared between features; only 0 is exact"
         )
     return 0.0
-
-
-def _kernel_lr(schedule: schedules.Schedule, count: jax.Array) -> jax.Array:
-    """``schedule(count)`` in the default float type (each leaf rounds it with :func:`_lr_for`)."""
-    return parts.lr_at(schedule, count)
 
 
 def _lr_for(lr: jax.Array, x: jax.Array) -> jax.Array:
@@ -203,7 +197,7 @@ def fused_exact_sgd(learning_rate: LearningRateLike) -> optax.GradientTransforma
         del params
         return ScaleByLearningRateState(
             count=parts.zero_count(),
-            learning_rate=_kernel_lr(schedule, parts.zero_count()),
+            learning_rate=parts.lr_at(schedule, parts.zero_count()),
             built_from={"learning_rate": parts.recorded_schedule(learning_rate, schedule)},
         )
 
@@ -211,7 +205,7 @@ def fused_exact_sgd(learning_rate: LearningRateLike) -> optax.GradientTransforma
         updates: optax.Updates, state: ScaleByLearningRateState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, ScaleByLearningRateState]:
         del params
-        lr = _kernel_lr(schedule, state.count)
+        lr = parts.lr_at(schedule, state.count)
         new_updates = jax.tree.map(lambda g: parts.sgd_step(g, _lr_for(lr, g)), updates)
         return new_updates, state._replace(count=optax.safe_increment(state.count), learning_rate=lr)
 
@@ -228,7 +222,7 @@ def _adagrad(
     def init_fn(params: optax.Params) -> FusedAdagradState:
         return FusedAdagradState(
             count=parts.zero_count(),
-            learning_rate=_kernel_lr(schedule, parts.zero_count()),
+            learning_rate=parts.lr_at(schedule, parts.zero_count()),
             accumulator=_rows(name, params) if rowwise else optax.tree.zeros_like(params),
             built_from={
                 "eps": parts.recorded(eps),
@@ -252,7 +246,7 @@ def _adagrad(
         updates: optax.Updates, state: FusedAdagradState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, FusedAdagradState]:
         del params
-        lr = _kernel_lr(schedule, state.count)
+        lr = parts.lr_at(schedule, state.count)
         leaves, treedef = jax.tree.flatten(updates)
         pairs = [step(g, m, lr) for g, m in zip(leaves, treedef.flatten_up_to(state.accumulator), strict=True)]
         new_updates = treedef.unflatten([u for u, _ in pairs])

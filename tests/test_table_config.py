@@ -198,7 +198,7 @@ def test_tables_to_log_must_name_tables() -> None:
 
 def test_a_table_without_schedule_runs_at_its_constant_lr() -> None:
     optimizer = table_config.TableOptimizerConfig(rowwise_adagrad={"lr": 0.25})
-    assert table_config.table_learning_rate(optimizer) == config.LearningRate(constant=0.25)
+    assert config.learning_rate_of(optimizer) == config.LearningRate(constant=0.25)
     with pytest.raises(pydantic.ValidationError, match="lr=-1.0 must be >= 0"):
         table_config.TableOptimizerConfig(rowwise_adagrad={"lr": -1.0})
 

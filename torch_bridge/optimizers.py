@@ -42,6 +42,7 @@ import torch
 
 from functional_opt import config as config_lib
 from functional_opt import schedules as schedules_lib
+from functional_opt.config import learning_rate_of
 from torch_bridge.schedulers import LRShim
 from torch_bridge.state_checks import guard_load_state_dict
 from torch_bridge.workarounds import initialise_state
@@ -59,20 +60,6 @@ STATE_ENTRIES = {
 
 # Device types on which torch.optim.Adam(fused=True) runs.
 _FUSED_ADAM_DEVICES = ("cpu", "cuda")
-
-
-def learning_rate_of(optimizer_config: config_lib.OptimizerConfig) -> config_lib.LearningRate:
-    """The schedule of ``optimizer_config``: its ``learning_rate``, or ``constant(<algorithm>.lr)`` when null.
-
-    Example:
-        >>> from functional_opt import config
-        >>> learning_rate_of(config.OptimizerConfig(sgd={"lr": 0.3})).constant
-        0.3
-    """
-    if optimizer_config.learning_rate is not None:
-        return optimizer_config.learning_rate
-    algorithm = config_lib.get_optimizer_algorithm_config(optimizer_config)
-    return config_lib.LearningRate(constant=algorithm.lr)
 
 
 def can_fuse_adam(params: Iterable[torch.Tensor]) -> bool:

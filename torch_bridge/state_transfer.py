@@ -43,7 +43,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import torch
 
 from functional_opt import config as config_lib
@@ -120,9 +119,9 @@ def _entries(optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
     return ()
 
 
-def _template(cfg: config_lib.OptimizerConfig, params: Any) -> tuple[optax.GradientTransformation, Any]:
-    tx = optimizers.build_optimizer(cfg)
-    return tx, tx.init(params)
+def _template(cfg: config_lib.OptimizerConfig, params: Any) -> Any:
+    """The state of ``build_optimizer(cfg)`` before its first update."""
+    return optimizers.build_optimizer(cfg).init(params)
 
 
 def _rate(cfg: config_lib.OptimizerConfig, step: int) -> float:
@@ -194,7 +193,7 @@ def export_state(
     with jax.enable_x64(torch.float64 in dtypes):
         arrays = {n: p.detach().cpu().numpy() for n, p in named.items()}
         params = _nest(arrays)
-        _, template = _template(cfg, params)
+        template = _template(cfg, params)
         state = optimizer.state
         moments = {}
         for entry in _entries(optimizer):
@@ -250,7 +249,7 @@ def import_state(
         problems += shapes[:5]
     if not problems:
         with jax.enable_x64(any(p.dtype == torch.float64 for p in named.values())):
-            _, template = _template(cfg, params)
+            template = _template(cfg, params)
             if jax.tree_util.tree_structure(template) != jax.tree_util.tree_structure(opt_state):
                 problems.append(
                     f"opt_state is not the state of build_optimizer for {cfg.algorithm_name} over these params"

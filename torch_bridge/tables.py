@@ -90,7 +90,7 @@ def _options(owner: str, table: table_config.EmbeddingBagConfig) -> tuple[type[t
 
 def _step0(tables: Sequence[table_config.EmbeddingBagConfig]) -> dict[str, float]:
     """Every table's schedule at step 0, in one evaluation."""
-    rates = [table_config.table_learning_rate(t.optimizer) for t in tables]
+    rates = [config_lib.learning_rate_of(t.optimizer) for t in tables]
     values = schedule_plan.evaluate(rates, np.zeros(1, dtype=np.int64))[0]
     return {t.name: float(v) for t, v in zip(tables, values, strict=True)}
 
@@ -144,7 +144,7 @@ def apply_table_optimizers(model: torch.nn.Module, tables: TablesLike) -> None:
         if not params:
             continue
         apply_optimizer_in_backward(optimizer_class, params, {"lr": starts[name], **kwargs})
-        key = table_config.table_learning_rate(table.optimizer).model_dump_json(exclude_none=True)
+        key = config_lib.learning_rate_of(table.optimizer).model_dump_json(exclude_none=True)
         set_kernel_grouping_key(params, f"{table.optimizer.algorithm_name}:{sorted(kwargs.items())}:{key}")
 
 
@@ -190,7 +190,7 @@ def _fused_groups(
         if unknown:
             raise ValueError(f"{owner}: fused tables {unknown} have no config (config tables: {list(configs)})")
         tables = [configs[t] for t in names if t is not None]
-        schedules = {table_config.table_learning_rate(t.optimizer).model_dump_json() for t in tables}
+        schedules = {config_lib.learning_rate_of(t.optimizer).model_dump_json() for t in tables}
         algorithms = {t.optimizer.algorithm_name for t in tables}
         if len(schedules) > 1 or len(algorithms) > 1:
             raise ValueError(
@@ -208,7 +208,7 @@ def _fused_groups(
                 "before sharding"
             )
         name = "+".join(t.name for t in tables)
-        out += [(group, name, table_config.table_learning_rate(table.optimizer)) for group in leaf.param_groups]
+        out += [(group, name, config_lib.learning_rate_of(table.optimizer)) for group in leaf.param_groups]
     return out
 
 
@@ -262,7 +262,7 @@ def table_parts(
         params = {n: named[n] for n in by_table[name]}
         group = {"params": list(params.values()), "lr": starts[name], "name": name}
         optimizers.append(KeyedOptimizerWrapper(params, lambda _, c=optimizer_class, g=group, k=kwargs: c([g], **k)))
-        lr_dict[name] = table_config.table_learning_rate(table.optimizer)
+        lr_dict[name] = config_lib.learning_rate_of(table.optimizer)
     if fused is not None:
         optimizers.append(fused)
         lr_dict.update({name: rate for _, name, rate in fused_groups})
@@ -320,7 +320,7 @@ def build_embedding_optimizer(
         name = dense_name or dense_optimizer.algorithm_name
         if name in configs:
             raise ValueError(f"{owner}: dense_name {name!r} is also a table's name; give another dense_name")
-        rate = table_config.table_learning_rate(dense_optimizer)
+        rate = config_lib.learning_rate_of(dense_optimizer)
         start = float(schedule_plan.evaluate([rate], np.zeros(1, dtype=np.int64))[0, 0])
         group = {"params": list(dense.values()), "lr": start, "name": name}
         optimizers.append(KeyedOptimizerWrapper(dense, lambda _, g=group: make_torch_optimizer([g], dense_optimizer)))
