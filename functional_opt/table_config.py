@@ -46,11 +46,12 @@ from pydantic import Field, field_validator, model_validator
 from functional_opt.config import (
     EmbeddingOptimizerConfig,
     LearningRate,
+    OptimizerAlgorithmConfig,
     OptimizerConfig,
     get_optimizer_algorithm_config,
     learning_rate_of,
 )
-from functional_opt.config_values import Number, _check_eps, _check_learning_rate
+from functional_opt.config_values import Number, _check_eps
 from functional_opt.schedule_config import BaseConfig
 
 __all__ = [
@@ -89,7 +90,7 @@ class EmbeddingSnapshot(BaseConfig):
     embedding_snapshot_uri: str = Field(..., description="Path to torchsnapshot of the embedding")
 
 
-class RowWiseAdagradConfig(BaseConfig):
+class RowWiseAdagradConfig(OptimizerAlgorithmConfig):
     """torchrec's ``RowWiseAdagrad`` (fbgemm's exact row-wise Adagrad): one accumulator per row.
 
     The accumulator of a row adds the mean over the row of the squared gradient;
@@ -99,11 +100,6 @@ class RowWiseAdagradConfig(BaseConfig):
 
     lr: Number
     eps: Number = 1e-10
-
-    @field_validator("lr")
-    @classmethod
-    def _lr(cls, value: float) -> float:
-        return _check_learning_rate(value, "lr")
 
     @field_validator("eps")
     @classmethod
