@@ -18,6 +18,12 @@ The state, by torch algorithm (the JAX state is that of ``build_optimizer``):
   (without momentum there is no buffer);
 * ``Adagrad``: ``sum`` is ``sum_of_squares``; ``step`` the count.
 
+The recap optimizer of :func:`torch_bridge.build_recap_optimizer` (with its
+:class:`~torch_bridge.recap_scheduler.RecapLRShim`) moves the same way, to and
+from :func:`functional_opt.optimizers.build_recap_optimizer`'s state: every
+group's moments, ``dense_ebc`` and the fused tables' rows, gathered from every
+shard (:mod:`torch_bridge.recap_transfer`).
+
 The config comes from the torch side: the scheduler's schedule and the
 optimizer's hyper-parameters; :func:`functional_opt.opt_state.check_state`
 compares the exported state with the JAX optimizer a user builds.
@@ -37,7 +43,6 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -46,7 +51,10 @@ import numpy as np
 import torch
 
 from functional_opt import config as config_lib
-from functional_opt import demo_model, grouping, optimizers, schedule_plan
+from functional_opt import optimizers
+from torch_bridge import recap_transfer
+from torch_bridge import transfer_parts as tp
+from torch_bridge.recap_scheduler import RecapLRShim
 from torch_bridge.schedulers import LRShim
 
 __all__ = ["export_state", "import_state", "optimizer_config_of"]
@@ -104,10 +112,6 @@ def optimizer_config_of(optimizer: torch.optim.Optimizer, scheduler: LRShim) -> 
     return config_lib.OptimizerConfig.model_validate({"learning_rate": schedule, **algorithm})
 
 
-def _named(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    return dict(model.named_parameters())
-
-
 def _entries(optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
     """The torch state entries that carry moments, by algorithm."""
     if isinstance(optimizer, torch.optim.Adam):
@@ -122,11 +126,6 @@ def _entries(optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
 def _template(cfg: config_lib.OptimizerConfig, params: Any) -> Any:
     """The state of ``build_optimizer(cfg)`` before its first update."""
     return optimizers.build_optimizer(cfg).init(params)
-
-
-def _rate(cfg: config_lib.OptimizerConfig, step: int) -> float:
-    """The rate the last of ``step`` updates used (``schedule(0)`` before the first), as the JAX state holds it."""
-    return float(schedule_plan.evaluate([cfg.learning_rate], np.asarray([max(step - 1, 0)]))[0, 0])
 
 
 def _with_moments(state: Any, moments: dict[str, Any], count: int, rate: float) -> Any:
@@ -164,26 +163,36 @@ def _moments_of(state: Any) -> tuple[dict[str, Any], int]:
 def export_state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRShim
 ) -> tuple[dict[str, Any], Any, int]:
-    """The torch run as ``(params, opt_state, step)`` for :func:`functional_opt.optimizers.build_optimizer`.
+    """The torch run as ``(params, opt_state, step)`` for the JAX optimizer of the same config.
 
     Args:
-        model: the model; its parameters are named as the params pytree's leaves.
-        optimizer: the optimizer of :func:`torch_bridge.build_optimizer` (one group).
-        scheduler: its :class:`~torch_bridge.schedulers.LRShim`.
+        model: the model (a ``DistributedModelParallel`` too); its parameters are
+            named as the params pytree's leaves (less a wrapper's ``"module."``).
+        optimizer: the optimizer of :func:`torch_bridge.build_optimizer` (one
+            group) or of :func:`torch_bridge.build_recap_optimizer`.
+        scheduler: its :class:`~torch_bridge.schedulers.LRShim` (a
+            :class:`~torch_bridge.recap_scheduler.RecapLRShim` for the recap optimizer).
 
     Returns:
-        ``params`` (nested dicts and lists of arrays, the parameters' dtypes),
-        ``opt_state`` (the optax state after ``step`` updates) and ``step``
-        (``scheduler.last_epoch``: the next update is ``schedule(step)``).
+        ``params`` (nested dicts and lists of arrays, the parameters' dtypes, each
+        sharded table whole), ``opt_state`` (the state of
+        :func:`functional_opt.optimizers.build_optimizer`, or of
+        ``build_recap_optimizer(params, *recap_configs_of(optimizer, scheduler))``,
+        after ``step`` updates) and ``step`` (``scheduler.last_epoch``: the next
+        update is ``schedule(step)``).
 
     Raises:
-        ValueError: see :func:`optimizer_config_of`; the optimizer has taken
-            another number of steps than the scheduler.
+        ValueError: see :func:`optimizer_config_of` and
+            :func:`~torch_bridge.recap_transfer.recap_configs_of`; the optimizer
+            has taken another number of steps than the scheduler; parameters of
+            mixed or non-float types.
     """
+    if isinstance(scheduler, RecapLRShim):
+        return recap_transfer.export_recap_state(model, optimizer, scheduler)
     owner = "export_state"
     cfg = optimizer_config_of(optimizer, scheduler)
     step = int(scheduler.last_epoch)
-    named = _named(model)
+    named = tp.trained_tensors(model)
     dtypes = {p.dtype for p in named.values()}
     if len(dtypes) != 1 or not dtypes <= set(_JAX_DTYPES):
         raise ValueError(
@@ -191,8 +200,8 @@ def export_state(
             "(float32 or float64) moves"
         )
     with jax.enable_x64(torch.float64 in dtypes):
-        arrays = {n: p.detach().cpu().numpy() for n, p in named.items()}
-        params = _nest(arrays)
+        arrays = {n: tp.whole_array(p) for n, p in named.items()}
+        params = tp.nest(arrays)
         template = _template(cfg, params)
         state = optimizer.state
         moments = {}
@@ -201,52 +210,44 @@ def export_state(
             for name, p in named.items():
                 tensor = state.get(p, {}).get(entry)
                 values[name] = np.zeros_like(arrays[name]) if tensor is None else tensor.detach().cpu().numpy()
-            moments[entry] = _nest(values)
-        counts = {int(s["step"]) for s in state.values() if isinstance(s, Mapping) and "step" in s}
+            moments[entry] = tp.nest(values)
+        counts = tp.step_counts(optimizer)
         if counts and counts != {step}:
             raise ValueError(
                 f"{owner}: the optimizer's parameters have taken {sorted(counts)} steps and the scheduler {step}; "
                 "export after optimizer.step() and scheduler.step()"
             )
-        return params, _with_moments(template, moments, step, _rate(cfg, step)), step
-
-
-def _nest(arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """``{dotted name: array}`` as the params pytree (one dtype: the arrays')."""
-    dtypes = {a.dtype for a in arrays.values()}
-    return demo_model.params_from_arrays(arrays, dtypes.pop() if len(dtypes) == 1 else None)
+        rate = float(tp.rate_before([cfg.learning_rate], step)[0])
+        return params, _with_moments(template, moments, step, rate), step
 
 
 def import_state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRShim, params: Any, opt_state: Any
 ) -> None:
-    """Writes a JAX run (params and the state of ``build_optimizer``) into a torch model, optimizer and scheduler.
+    """Writes a JAX run (params and the optimizer's state) into a torch model, optimizer and scheduler.
 
-    The model's parameters take ``params``, the optimizer's state the moments
-    and count, the scheduler the step (and the rates of that step): the next
-    ``optimizer.step()`` runs with ``schedule(count)``.
+    The model's parameters take ``params`` (each sharded table's local shards
+    their rows), the optimizer's state the moments and count, the scheduler the
+    step (and the rates of that step, fused kernels included): the next
+    ``optimizer.step()`` runs with ``schedule(count)``. ``opt_state`` is the
+    state of :func:`functional_opt.optimizers.build_optimizer` (or of
+    ``build_recap_optimizer`` when ``scheduler`` is a
+    :class:`~torch_bridge.recap_scheduler.RecapLRShim`) for the torch side's config.
 
     Raises:
         ValueError: the names or shapes of ``params`` differ from the model's, the
-            state is not one of ``build_optimizer`` for this optimizer's config, or
+            state is not one of the JAX optimizer for this optimizer's config, or
             its moments do not fit (the first differences named). Nothing is
             changed then.
     """
+    if isinstance(scheduler, RecapLRShim):
+        recap_transfer.import_recap_state(model, optimizer, scheduler, params, opt_state)
+        return
     owner = "import_state"
     cfg = optimizer_config_of(optimizer, scheduler)
-    named = _named(model)
-    leaves = dict(grouping.named_leaves(params))
-    problems = []
-    missing, extra = sorted(set(named) - set(leaves)), sorted(set(leaves) - set(named))
-    if missing or extra:
-        problems.append(f"names differ: the model has {missing[:5]} that params lacks, params has {extra[:5]} more")
-    else:
-        shapes = [
-            f"{n}: params {tuple(np.shape(leaves[n]))}, model {tuple(p.shape)}"
-            for n, p in named.items()
-            if tuple(np.shape(leaves[n])) != tuple(p.shape)
-        ]
-        problems += shapes[:5]
+    named = tp.trained_tensors(model)
+    leaves = tp.leaves_by_name(params)
+    problems = tp.fit_problems(named, leaves)
     if not problems:
         with jax.enable_x64(any(p.dtype == torch.float64 for p in named.values())):
             template = _template(cfg, params)
@@ -259,16 +260,14 @@ def import_state(
     if problems:
         raise ValueError(f"{owner}: the JAX run does not fit this model (nothing was changed): " + "; ".join(problems))
     moments, count = _moments_of(opt_state)
-    moment_leaves = {entry: dict(grouping.named_leaves(tree)) for entry, tree in moments.items()}
+    moment_leaves = {entry: tp.leaves_by_name(tree) for entry, tree in moments.items()}
+    group = optimizer.param_groups[0]
     with torch.no_grad():
         for name, p in named.items():
-            p.copy_(torch.as_tensor(np.asarray(leaves[name])))
+            tp.write_whole(p, leaves[name])
             state = optimizer.state[p]
             for entry in _entries(optimizer):
                 state[entry] = torch.as_tensor(np.array(moment_leaves[entry][name])).to(p)
             if isinstance(optimizer, (torch.optim.Adam, torch.optim.Adagrad)):
-                old = state.get("step")
-                like = old if isinstance(old, torch.Tensor) else torch.zeros(())
-                state["step"] = torch.full((), float(count), dtype=like.dtype, device=like.device)
-    saved = scheduler.state_dict()
-    scheduler.load_state_dict({**saved, "last_epoch": count, "_step_count": count + 1})
+                tp.write_step(state, count, group, p)
+    tp.set_step(scheduler, count)

@@ -1,0 +1,160 @@
+"""What every move between torch and JAX needs: whole parameters by name, their fit, the scheduler's step.
+
+A torch model's parameters are named by ``model.named_parameters()``, less the
+``"module."`` prefix of a ``DistributedModelParallel`` (or DDP) wrapper; the
+JAX side names a leaf by its pytree path joined with ``"."`` (the one naming
+rule), so the two sets of names must be equal. A table that torchrec shards
+(a ``ShardedTensor`` in the model's ``state_dict``) is read whole: its local
+shards, and on several ranks every rank's shards (an all-gather), each placed
+at its offsets; writing it back puts each local shard's rows in place.
+
+Example:
+    >>> import torch
+    >>> arrays = whole_arrays(torch.nn.Linear(2, 1))
+    >>> sorted(arrays), arrays["weight"].shape
+    (['bias', 'weight'], (1, 2))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from functional_opt import config as config_lib
+from functional_opt import demo_model, grouping, schedule_plan
+
+__all__ = [
+    "fit_problems",
+    "leaves_by_name",
+    "nest",
+    "rate_before",
+    "set_step",
+    "step_counts",
+    "trained_tensors",
+    "whole_array",
+    "whole_arrays",
+    "write_step",
+    "write_whole",
+]
+
+WRAPPER_PREFIX = "module."
+
+
+def _unwrapped(name: str) -> str:
+    return name.removeprefix(WRAPPER_PREFIX)
+
+
+def trained_tensors(model: torch.nn.Module) -> dict[str, Any]:
+    """``{parameter name: tensor}``: a sharded table as its ``ShardedTensor``, every other parameter itself.
+
+    torchrec's sharded modules expose a table's local rows as a parameter and
+    the whole table only in ``state_dict`` (a ``ShardedTensor`` whose local
+    shards are views of the kernel's rows), so a table is taken from there.
+    """
+    params = {_unwrapped(n): p for n, p in model.named_parameters()}
+    for name, value in model.state_dict(keep_vars=True).items():
+        name = _unwrapped(name)
+        if name in params and hasattr(value, "local_shards"):
+            params[name] = value
+    return params
+
+
+def _shape(tensor: Any) -> tuple[int, ...]:
+    if hasattr(tensor, "local_shards"):
+        return tuple(tensor.metadata().size)
+    return tuple(tensor.shape)
+
+
+def whole_array(tensor: Any) -> np.ndarray:
+    """A parameter as one numpy array; a ``ShardedTensor`` gathered from every rank's shards."""
+    if not hasattr(tensor, "local_shards"):
+        return tensor.detach().cpu().numpy().copy()
+    pieces = [(tuple(s.metadata.shard_offsets), s.tensor.detach().cpu().numpy().copy()) for s in tensor.local_shards()]
+    size = tuple(tensor.metadata().size)
+    if sum(piece.size for _, piece in pieces) != int(np.prod(size)):
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, pieces)
+        pieces = [piece for rank in gathered for piece in rank]
+    out = np.zeros(size, dtype=pieces[0][1].dtype if pieces else np.float32)
+    for offsets, piece in pieces:
+        out[tuple(slice(o, o + n) for o, n in zip(offsets, piece.shape, strict=True))] = piece
+    return out
+
+
+def whole_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """``{parameter name: numpy copy}``, each sharded table whole (see the module docstring)."""
+    return {name: whole_array(t) for name, t in trained_tensors(model).items()}
+
+
+@torch.no_grad()
+def write_whole(tensor: Any, array: Any) -> None:
+    """Copies a whole array into a parameter; into a ``ShardedTensor``, each local shard its own rows."""
+    array = np.asarray(array)
+    if not hasattr(tensor, "local_shards"):
+        tensor.copy_(torch.as_tensor(array))
+        return
+    for shard in tensor.local_shards():
+        offsets, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+        piece = array[tuple(slice(o, o + n) for o, n in zip(offsets, sizes, strict=True))]
+        shard.tensor.copy_(torch.as_tensor(np.ascontiguousarray(piece)))
+
+
+def fit_problems(tensors: Mapping[str, Any], leaves: Mapping[str, Any]) -> list[str]:
+    """Why the JAX leaves ``{name: array}`` do not fit the model's parameters: the first differences, or ``[]``."""
+    missing, extra = sorted(set(tensors) - set(leaves)), sorted(set(leaves) - set(tensors))
+    if missing or extra:
+        return [f"names differ: the model has {missing[:5]} that params lacks, params has {extra[:5]} more"]
+    shapes = [
+        f"{n}: params {tuple(np.shape(leaves[n]))}, model {_shape(t)}"
+        for n, t in tensors.items()
+        if tuple(np.shape(leaves[n])) != _shape(t)
+    ]
+    return shapes[:5]
+
+
+def nest(arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """``{dotted name: array}`` as the params pytree (one dtype: the arrays')."""
+    dtypes = {a.dtype for a in arrays.values()}
+    return demo_model.params_from_arrays(arrays, dtypes.pop() if len(dtypes) == 1 else None)
+
+
+def leaves_by_name(tree: Any) -> dict[str, Any]:
+    """``{dotted name: leaf}`` of a pytree (the one naming rule)."""
+    return dict(grouping.named_leaves(tree))
+
+
+def rate_before(learning_rates: Sequence[config_lib.LearningRate], step: int) -> np.ndarray:
+    """Each schedule's rate of the last of ``step`` updates, as a JAX state holds it (``schedule(0)`` before any)."""
+    return schedule_plan.evaluate(list(learning_rates), np.asarray([max(step - 1, 0)]))[0]
+
+
+def set_step(scheduler: Any, count: int) -> None:
+    """Moves a scheduler of this library to step ``count``: the next ``optimizer.step()`` runs with ``schedule(count)``.
+
+    ``load_state_dict`` writes the rates of the step into the optimizer's groups
+    (and every fused kernel), so nothing else needs setting.
+    """
+    saved = scheduler.state_dict()
+    scheduler.load_state_dict({**saved, "last_epoch": int(count), "_step_count": int(count) + 1})
+
+
+def step_counts(optimizer: torch.optim.Optimizer) -> set[int]:
+    """The distinct ``"step"`` counts in a torch optimizer's per-parameter state."""
+    return {int(s["step"]) for s in optimizer.state.values() if isinstance(s, Mapping) and "step" in s}
+
+
+def write_step(state: dict[str, Any], count: int, group: Mapping[str, Any], param: torch.Tensor) -> None:
+    """Sets torch's per-parameter ``"step"`` to ``count`` as torch makes it: a float32 0-dim tensor on the
+    parameter's device for a fused or capturable group, a CPU one (the default float type) otherwise."""
+    old = state.get("step")
+    if isinstance(old, torch.Tensor):
+        like = old
+    elif group.get("fused") or group.get("capturable"):
+        like = torch.zeros((), dtype=torch.float32, device=param.device)
+    else:
+        like = torch.zeros(())
+    state["step"] = torch.full((), float(count), dtype=like.dtype, device=like.device)
