@@ -6,10 +6,12 @@ Subcommands:
     Every schedule of the file (towers, backbone, embeddings) on one labelled figure (PNG, SVG or PDF).
 ``table CONFIG [--steps 0,1,1000] [--format text|csv|json]``
     The learning rate of every group at the given steps (float64, TML's ``compute_lr``).
-``check CONFIG [--steps N] [--dtype float32|float64]``
+``check CONFIG [--steps N] [--dtype float32|float64] [--switch-at K]``
     Trains the demo multi-task model in JAX and in PyTorch with the optimizer of the
     file and compares learning rates and parameters against the parity bars; exit
-    code 0 when every group is within them, 1 when not.
+    code 0 when every group is within them, 1 when not. With ``--switch-at K`` the
+    run moves at step K, torch to JAX and JAX to torch (optimizer moments, tables
+    and step), and each moved run is compared with the unmoved torch run.
 ``demo [CONFIG] [--steps N] [-o out/demo.png]``
     Trains the demo model in PyTorch through ``torch_bridge.build_recap_optimizer``
     with a torchrec fused embedding table, logging loss and learning rates, and
@@ -160,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="S",
         help="seed of the weights and the data, 0 .. 2**32-1",
+    )
+    check.add_argument(
+        "--switch-at",
+        type=train_steps,
+        default=None,
+        metavar="K",
+        help="move the run between torch and JAX at step K (both ways) and compare with the unmoved run",
     )
     check.set_defaults(func=_cmd_check)
 
@@ -350,8 +359,13 @@ def _plugin_command(name: str) -> Any:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    if args.switch_at is not None and args.switch_at >= args.steps:
+        raise CliError(
+            f"--switch-at {args.switch_at} must be a step inside the run: 1 .. {args.steps - 1} (--steps {args.steps})"
+        )
     loaded = load_config_file(args.config)
-    return _plugin_command("check")(loaded, steps=args.steps, dtype=args.dtype, seed=args.seed)
+    extra = {} if args.switch_at is None else {"switch_at": args.switch_at}
+    return _plugin_command("check")(loaded, steps=args.steps, dtype=args.dtype, seed=args.seed, **extra)
 
 
 def demo_needs_recap_message(loaded: LoadedConfig) -> str:

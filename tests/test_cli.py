@@ -575,3 +575,72 @@ def test_table_and_plot_of_every_schedule_kind(tmp_path: Path, capsys: pytest.Ca
     out = tmp_path / "kinds.png"
     assert main(["plot", str(path), "-o", str(out)]) == 0
     assert out.read_bytes().startswith(b"\x89PNG")
+
+
+# ----------------------------------------------------------------------------- check --switch-at
+
+
+@pytest.mark.slow
+def test_check_switch_at_moves_the_run_both_ways(tmp_path: Path) -> None:
+    result = run_cli("check", EXAMPLE, "--steps", "8", "--switch-at", "3", cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert "the run moves at step 3" in result.stdout
+    assert "OK: moved at step 3 either way, all 5 groups land where the unmoved torch run does" in result.stdout
+    rows = check_lines(result.stdout)
+    assert list(rows) == [*TOWERS, "backbone", "embeddings"]
+    for name, row in rows.items():
+        to_jax, to_torch, bar, lr_gap, moved = map(float, row[2:7])
+        assert row[-1] == "ok" and max(to_jax, to_torch) <= bar == 1e-12 and lr_gap <= 1e-12, (name, row)
+        assert moved > 1e3 * bar, (name, row)
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_check_switch_at_on_a_generic_config(tmp_path: Path, dtype: str) -> None:
+    from torch_bridge.cli_commands import run_check
+
+    path = write(
+        tmp_path / "sgd.yaml",
+        "sgd: {lr: 0.1, momentum: 0.9}\nlearning_rate: {linear_ramp_to_constant: {learning_rate: 0.1, num_ramp_steps: 4}}\n",
+    )
+    out = io.StringIO()
+    assert run_check(load_config_file(path), steps=8, dtype=dtype, switch_at=4, out=out) == 0, out.getvalue()
+    (row,) = check_lines(out.getvalue()).values()
+    assert row[0] == "sgd" and row[-1] == "ok"
+    to_jax, to_torch, bar, _, moved = map(float, row[2:7])
+    assert max(to_jax, to_torch) <= bar and moved > 100 * bar
+
+
+@pytest.mark.slow
+def test_check_switch_at_fails_when_the_moments_are_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import jax
+
+    import torch_bridge
+    from torch_bridge.cli_commands import run_check
+
+    export_state = torch_bridge.export_state
+
+    def forgetful(*args: object) -> tuple:
+        params, state, step = export_state(*args)
+        return params, state._replace(mu=jax.tree.map(np.zeros_like, state.mu)), step
+
+    monkeypatch.setattr(torch_bridge, "export_state", forgetful)
+    out = io.StringIO()
+    assert run_check(load_config_file(EXAMPLE), steps=6, switch_at=3, out=out) == 1
+    text = out.getvalue()
+    # Every group: the towers' and backbone's moments are lost, and the tables see their outputs.
+    assert "FAIL: moved at step 3, 5 groups differ from the unmoved run" in text
+    assert "(torch -> JAX)" in text and "(JAX -> torch)" not in text
+    assert all(row[-1] == "FAIL" for row in check_lines(text).values())
+
+
+def test_check_switch_at_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(EXAMPLE), "--steps", "5", "--switch-at", "5"]) == 2
+    assert "--switch-at 5 must be a step inside the run: 1 .. 4 (--steps 5)" in capsys.readouterr().err
+    assert main(["check", str(EXAMPLE), "--switch-at", "0"]) == 2
+    assert "--switch-at" in capsys.readouterr().err
+    tables = REPO / "examples" / "recap_tables.yaml"
+    assert main(["check", str(tables), "--steps", "5", "--switch-at", "2"]) == 2
+    assert "gives its tables optimizers of their own" in capsys.readouterr().err

@@ -33,6 +33,7 @@ from functional_opt import demo_model, grouping
 from functional_opt.cli import CliError
 from functional_opt.config_file import EMBEDDINGS, LoadedConfig
 from torch_bridge import demo_model as torch_demo
+from torch_bridge.cli_jax import initial_params, jax_optimizer, train_jax
 from torch_bridge.cli_shared import (
     check_spec,
     embedding_config,
@@ -40,7 +41,6 @@ from torch_bridge.cli_shared import (
     quiet_torch,
 )
 from torch_bridge.cli_tables import (
-    jax_table_optimizer,
     table_groups,
     table_notes,
     tables_in_torch,
@@ -48,7 +48,18 @@ from torch_bridge.cli_tables import (
     torch_table_optimizer,
 )
 
-__all__ = ["FLOAT32_RELATIVE_BAR", "FLOAT64_BAR", "GroupResult", "judge", "run_check"]
+__all__ = [
+    "BATCH_SIZE",
+    "FLOAT32_RELATIVE_BAR",
+    "FLOAT64_BAR",
+    "GroupResult",
+    "check_groups",
+    "judge",
+    "print_bars",
+    "print_table",
+    "run_check",
+    "train_torch",
+]
 
 FLOAT64_BAR = 1e-12
 """float64: max |Δparam| <= 1e-12 and |Δlr| <= 1e-12 * max(1, |lr|)."""
@@ -152,7 +163,7 @@ def judge(
     return results
 
 
-def _check_groups(
+def check_groups(
     loaded: LoadedConfig, names: Sequence[str], emb: config_lib.EmbeddingOptimizerConfig
 ) -> dict[str, list[str]]:
     """Label -> parameter names, by the shared grouping rule (recap) or one group (generic)."""
@@ -163,7 +174,7 @@ def _check_groups(
     return {opt.algorithm_name: list(names)}
 
 
-def _train_torch(
+def train_torch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
@@ -199,60 +210,24 @@ def _train_jax(
     spec: demo_model.ModelSpec,
     dtype: str,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The same training in JAX (one ``lax.scan``); LRs are those each update used."""
+    """The same training in JAX (one ``lax.scan``) from ``tx.init``; LRs are those each update used."""
     import jax
-    import jax.numpy as jnp
-    import optax
-
-    from functional_opt import optimizers
 
     with jax.enable_x64(dtype == "float64"):
-        jdtype = jnp.dtype(dtype)
-        # Cast in numpy first: a dtype conversion inside jnp.asarray compiles one XLA kernel per shape.
-        params = demo_model.params_from_arrays({k: np.asarray(v, dtype=jdtype) for k, v in initial.items()}, jdtype)
-        opt = loaded.optimizer
-        if loaded.table_optimizers:
-            tx, lrs_of = jax_table_optimizer(loaded, params)
-        elif isinstance(opt, config_lib.RecapOptimizerConfig):
-            tx = optimizers.build_recap_optimizer(params, opt, emb)
-
-            def lrs_of(state: Any) -> dict[str, jax.Array]:
-                found = optimizers.group_learning_rates(state)
-                return {(EMBEDDINGS if k == grouping.DENSE_EMBEDDINGS else k): v for k, v in found.items()}
-
-        else:
-            tx = optimizers.build_optimizer(opt)
-            algorithm = opt.algorithm_name
-
-            def lrs_of(state: Any) -> dict[str, jax.Array]:
-                return {algorithm: optimizers.learning_rate(state)}
-
-        def step(carry: Any, batch: demo_model.Batch) -> Any:
-            p, s = carry
-            grads = jax.grad(demo_model.loss)(p, batch, spec)
-            updates, s = tx.update(grads, s, p)
-            return (optax.apply_updates(p, updates), s), lrs_of(s)
-
-        def train(p: Any, b: demo_model.Batch) -> Any:
-            return jax.lax.scan(step, (p, tx.init(p)), b)
-
-        stacked = demo_model.Batch(*(np.stack(xs) for xs in zip(*batches, strict=True)))
-        stacked = demo_model.to_jax(
-            stacked._replace(
-                dense=stacked.dense.astype(jdtype),
-                labels=stacked.labels.astype(jdtype),
-                lengths=stacked.lengths.astype(np.int32),
-                ids=stacked.ids.astype(np.int32),
-                segment_ids=stacked.segment_ids.astype(np.int32),
-            ),
-            jdtype,
-        )
-        (final, _), lrs = jax.jit(train)(params, stacked)
-        return demo_model.named_arrays(final), {k: np.asarray(v) for k, v in lrs.items()}
+        params = initial_params(initial, dtype)
+        tx, lrs_of = jax_optimizer(loaded, emb, params)
+        final, _, lrs = train_jax(tx, lrs_of, params, tx.init(params), batches, spec, dtype)
+        return demo_model.named_arrays(final), lrs
 
 
 def run_check(
-    loaded: LoadedConfig, *, steps: int, dtype: str = "float64", seed: int = 0, out: TextIO | None = None
+    loaded: LoadedConfig,
+    *,
+    steps: int,
+    dtype: str = "float64",
+    seed: int = 0,
+    switch_at: int | None = None,
+    out: TextIO | None = None,
 ) -> int:
     """``functional-opt check``: JAX vs PyTorch on the demo model with the file's optimizer.
 
@@ -268,6 +243,9 @@ def run_check(
         steps: training steps.
         dtype: ``"float64"`` or ``"float32"``, both sides.
         seed: seed of the weights and the batches.
+        switch_at: move the run between torch and JAX at this step, both ways,
+            and compare with the unmoved torch run instead
+            (:func:`torch_bridge.cli_switch.run_switch`).
         out: where to print (default: stdout).
 
     Returns:
@@ -290,6 +268,10 @@ def run_check(
                 "note: a generic OptimizerConfig drives every parameter, the embedding tables included, with its "
                 f"one schedule; the embedding learning rate at '{loaded.embedding_path}' is not used"
             )
+    if switch_at is not None:
+        from torch_bridge.cli_switch import run_switch
+
+        return run_switch(loaded, emb, steps=steps, switch_at=switch_at, dtype=dtype, seed=seed, notes=notes, out=out)
     batches = demo_model.make_batches(spec, steps, BATCH_SIZE, seed=seed)
     initial = demo_model.init_arrays(spec, seed)
 
@@ -307,14 +289,14 @@ def run_check(
                 groups = table_groups(loaded, names)
                 model, optimizer, scheduler = torch_table_optimizer(loaded, model, fused)
             elif isinstance(opt, config_lib.RecapOptimizerConfig):
-                groups = _check_groups(loaded, names, emb)
+                groups = check_groups(loaded, names, emb)
                 from torch_bridge import build_recap_optimizer
 
                 optimizer, scheduler = build_recap_optimizer(model, opt, emb)
             else:
                 from torch_bridge import build_optimizer
 
-                groups = _check_groups(loaded, names, emb)
+                groups = check_groups(loaded, names, emb)
                 optimizer, scheduler = build_optimizer(model, opt)
         except ValueError as exc:
             raise CliError(f"{loaded.path}: cannot build the optimizer for the demo model: {exc}") from exc
@@ -340,7 +322,7 @@ def run_check(
             def label_of(group: Mapping[str, Any]) -> str:
                 return group_label(group, kind, algorithm)
 
-        params_torch, lrs_torch = _train_torch(model, optimizer, scheduler, batches, spec, torch_dtype, label_of)
+        params_torch, lrs_torch = train_torch(model, optimizer, scheduler, batches, spec, torch_dtype, label_of)
     try:
         params_jax, lrs_jax = _train_jax(loaded, emb, initial, batches, spec, dtype)
     except ValueError as exc:
@@ -363,7 +345,8 @@ def run_check(
     return 0
 
 
-def _print_results(results: Sequence[GroupResult], dtype: str, out: TextIO) -> None:
+def print_bars(dtype: str, out: TextIO) -> None:
+    """The bars of ``dtype``, said."""
     if dtype == "float64":
         print(
             f"bars: |Δlr| <= {FLOAT64_BAR:g} * max(1, |lr|), |Δparam| <= {FLOAT64_BAR:g} (absolute)",
@@ -375,6 +358,18 @@ def _print_results(results: Sequence[GroupResult], dtype: str, out: TextIO) -> N
             f"|Δparam| <= {FLOAT32_RELATIVE_BAR:g} * max |param| of the group",
             file=out,
         )
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    """Rows under a header, the first column left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        print("  ".join(cells).rstrip(), file=out)
+
+
+def _print_results(results: Sequence[GroupResult], dtype: str, out: TextIO) -> None:
+    print_bars(dtype, out)
     header = ["group", "params", "max |Δlr|", "lr bar", "max |Δparam|", "param bar", "moved", ""]
     rows = [
         [
@@ -389,7 +384,4 @@ def _print_results(results: Sequence[GroupResult], dtype: str, out: TextIO) -> N
         ]
         for r in results
     ]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
-        print("  ".join(cells).rstrip(), file=out)
+    print_table(header, rows, out)

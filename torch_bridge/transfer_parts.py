@@ -95,7 +95,7 @@ def write_whole(tensor: Any, array: Any) -> None:
     """Copies a whole array into a parameter; into a ``ShardedTensor``, each local shard its own rows."""
     array = np.asarray(array)
     if not hasattr(tensor, "local_shards"):
-        tensor.copy_(torch.as_tensor(array))
+        tensor.copy_(torch.as_tensor(np.array(array)))
         return
     for shard in tensor.local_shards():
         offsets, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
