@@ -603,7 +603,8 @@ def test_check_switch_at_on_a_generic_config(tmp_path: Path, dtype: str) -> None
 
     path = write(
         tmp_path / "sgd.yaml",
-        "sgd: {lr: 0.1, momentum: 0.9}\nlearning_rate: {linear_ramp_to_constant: {learning_rate: 0.1, num_ramp_steps: 4}}\n",
+        "sgd: {lr: 0.1, momentum: 0.9}\n"
+        "learning_rate: {linear_ramp_to_constant: {learning_rate: 0.1, num_ramp_steps: 4}}\n",
     )
     out = io.StringIO()
     assert run_check(load_config_file(path), steps=8, dtype=dtype, switch_at=4, out=out) == 0, out.getvalue()
