@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -47,7 +48,13 @@ from torch_bridge import transfer_parts as tp
 from torch_bridge.recap_scheduler import RecapLRShim
 from torch_bridge.workarounds import optimizer_leaves
 
-__all__ = ["export_recap_state", "import_recap_state", "recap_configs_of"]
+__all__ = [
+    "export_recap_state",
+    "import_recap_state",
+    "recap_configs_of",
+    "recap_state",
+    "write_recap",
+]
 
 _ADAM_ENTRIES = ("exp_avg", "exp_avg_sq")
 _UNSAID = ("weight_decay", "amsgrad", "maximize")
@@ -108,17 +115,6 @@ def _groups(names: list[str], recap_cfg: Any, emb_cfg: Any) -> list[grouping.Par
     return grouping.recap_groups(names, recap_cfg, emb_cfg)
 
 
-def _float_type(owner: str, arrays: dict[str, np.ndarray]) -> bool:
-    """Whether the parameters are float64 (else float32); refuses other or mixed types."""
-    dtypes = {a.dtype for a in arrays.values()}
-    if not dtypes <= {np.dtype(np.float32), np.dtype(np.float64)} or len(dtypes) != 1:
-        raise ValueError(
-            f"{owner}: parameters of dtypes {sorted(map(str, dtypes))}; a model of one float type "
-            "(float32 or float64) moves"
-        )
-    return dtypes == {np.dtype(np.float64)}
-
-
 def export_recap_state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: RecapLRShim
 ) -> tuple[dict[str, Any], RecapState, int]:
@@ -131,36 +127,42 @@ def export_recap_state(
     step = int(scheduler.last_epoch)
     tensors = tp.trained_tensors(model)
     arrays = {name: tp.whole_array(t) for name, t in tensors.items()}
-    float64 = _float_type(owner, arrays)
-    counts = tp.step_counts(optimizer)
-    if counts and counts != {step}:
-        raise ValueError(
-            f"{owner}: the optimizer's parameters have taken {sorted(counts)} steps and the scheduler {step}; "
-            "export after optimizer.step() and scheduler.step()"
-        )
-    state = optimizer.state
+    float64 = tp.is_float64(owner, arrays)
+    tp.check_counts(owner, optimizer, step)
     with jax.enable_x64(float64):
         params = tp.nest(arrays)
         template = optimizers.build_recap_optimizer(params, recap_cfg, emb_cfg).init(params)
         groups = _groups(list(tp.leaves_by_name(params)), recap_cfg, emb_cfg)
-        moments: dict[str, dict[str, tuple[Any, ...]]] = {entry: {} for entry in _ADAM_ENTRIES}
-        for group in groups:
-            if group.algorithm != "adam":
-                continue
-            for entry in _ADAM_ENTRIES:
-                moments[entry][group.name] = tuple(
-                    jnp.asarray(_moment(state, tensors[n], entry, arrays[n])) for n in group.param_names
-                )
-        rates = tp.rate_before([g.learning_rate for g in groups], step)
-        opt_state = template._replace(
-            count=jnp.asarray(step, jnp.int32),
-            learning_rates=GroupValues(
-                jnp.asarray(rates, template.learning_rates.values.dtype), template.learning_rates.names
-            ),
-            mu=moments["exp_avg"],
-            nu=moments["exp_avg_sq"],
-        )
-    return params, opt_state, step
+        return params, recap_state(template, groups, optimizer, tensors, arrays, step), step
+
+
+def recap_state(
+    template: RecapState,
+    groups: Sequence[grouping.ParamGroup],
+    optimizer: torch.optim.Optimizer,
+    tensors: Mapping[str, Any],
+    arrays: Mapping[str, np.ndarray],
+    step: int,
+) -> RecapState:
+    """``template`` with the torch optimizer's Adam moments of every Adam group, the count and the last rates."""
+    state = optimizer.state
+    moments: dict[str, dict[str, tuple[Any, ...]]] = {entry: {} for entry in _ADAM_ENTRIES}
+    for group in groups:
+        if group.algorithm != "adam":
+            continue
+        for entry in _ADAM_ENTRIES:
+            moments[entry][group.name] = tuple(
+                jnp.asarray(_moment(state, tensors[n], entry, arrays[n])) for n in group.param_names
+            )
+    rates = tp.rate_before([g.learning_rate for g in groups], step)
+    return template._replace(
+        count=jnp.asarray(step, jnp.int32),
+        learning_rates=GroupValues(
+            jnp.asarray(rates, template.learning_rates.values.dtype), template.learning_rates.names
+        ),
+        mu=moments["exp_avg"],
+        nu=moments["exp_avg_sq"],
+    )
 
 
 def _moment(state: Any, param: Any, entry: str, like: np.ndarray) -> np.ndarray:
@@ -195,24 +197,32 @@ def import_recap_state(
                 optimizers.check_state(opt_state, template)
     if problems:
         raise ValueError(f"{owner}: the JAX run does not fit this model (nothing was changed): " + "; ".join(problems))
-    count = int(opt_state.count)
-    groups = {g.name: g for g in _groups(list(leaves), recap_cfg, emb_cfg)}
-    adam = {n: (g.name, i) for g in groups.values() if g.algorithm == "adam" for i, n in enumerate(g.param_names)}
-    owners = {
-        id(p): (leaf, group)
-        for leaf, _ in optimizer_leaves(optimizer)
-        for group in leaf.param_groups
-        for p in group["params"]
-    }
-    state = optimizer.state
+    groups = _groups(list(leaves), recap_cfg, emb_cfg)
     with torch.no_grad():
         for name, tensor in tensors.items():
             tp.write_whole(tensor, leaves[name])
-            if name not in adam:
-                continue
-            group_name, position = adam[name]
+        write_recap(opt_state, groups, optimizer, tensors)
+    tp.set_step(scheduler, int(opt_state.count))
+
+
+def write_recap(
+    opt_state: RecapState,
+    groups: Sequence[grouping.ParamGroup],
+    optimizer: torch.optim.Optimizer,
+    tensors: Mapping[str, Any],
+) -> None:
+    """Writes every Adam group's moments and the count of a :class:`RecapState` into the torch optimizer's state."""
+    count = int(opt_state.count)
+    owners = {
+        id(p): group for leaf, _ in optimizer_leaves(optimizer) for group in leaf.param_groups for p in group["params"]
+    }
+    state = optimizer.state
+    for group in groups:
+        if group.algorithm != "adam":
+            continue
+        for position, name in enumerate(group.param_names):
+            tensor = tensors[name]
             entries = state[tensor]
-            entries["exp_avg"] = torch.as_tensor(np.array(opt_state.mu[group_name][position])).to(tensor)
-            entries["exp_avg_sq"] = torch.as_tensor(np.array(opt_state.nu[group_name][position])).to(tensor)
-            tp.write_step(entries, count, owners[id(tensor)][1], tensor)
-    tp.set_step(scheduler, count)
+            entries["exp_avg"] = torch.as_tensor(np.array(opt_state.mu[group.name][position])).to(tensor)
+            entries["exp_avg_sq"] = torch.as_tensor(np.array(opt_state.nu[group.name][position])).to(tensor)
+            tp.write_step(entries, count, owners[id(tensor)], tensor)

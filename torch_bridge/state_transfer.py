@@ -43,6 +43,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -59,7 +60,6 @@ from torch_bridge.schedulers import LRShim
 
 __all__ = ["export_state", "import_state", "optimizer_config_of"]
 
-_JAX_DTYPES = {torch.float32: jnp.float32, torch.float64: jnp.float64}
 
 
 def _single_group(owner: str, optimizer: torch.optim.Optimizer, scheduler: LRShim) -> dict[str, Any]:
@@ -193,32 +193,52 @@ def export_state(
     cfg = optimizer_config_of(optimizer, scheduler)
     step = int(scheduler.last_epoch)
     named = tp.trained_tensors(model)
-    dtypes = {p.dtype for p in named.values()}
-    if len(dtypes) != 1 or not dtypes <= set(_JAX_DTYPES):
-        raise ValueError(
-            f"{owner}: parameters of dtypes {sorted(map(str, dtypes))}; a model of one float type "
-            "(float32 or float64) moves"
-        )
-    with jax.enable_x64(torch.float64 in dtypes):
-        arrays = {n: tp.whole_array(p) for n, p in named.items()}
+    arrays = {n: tp.whole_array(p) for n, p in named.items()}
+    tp.check_counts(owner, optimizer, step)
+    with jax.enable_x64(tp.is_float64(owner, arrays)):
         params = tp.nest(arrays)
-        template = _template(cfg, params)
-        state = optimizer.state
-        moments = {}
+        state = generic_state(_template(cfg, params), optimizer, named, arrays, step, cfg.learning_rate)
+        return params, state, step
+
+
+def generic_state(
+    template: Any,
+    optimizer: torch.optim.Optimizer,
+    tensors: Mapping[str, Any],
+    arrays: Mapping[str, np.ndarray],
+    step: int,
+    learning_rate: config_lib.LearningRate,
+) -> Any:
+    """The JAX state ``template`` (of ``build_optimizer``, maybe masked) with a torch optimizer's moments and step.
+
+    Each moment leaf of ``template`` takes the torch entry of the parameter of its
+    name (zeros where torch has none yet); masked leaves stay masked.
+    """
+    torch_state = optimizer.state
+    shapes, _ = _moments_of(template)
+    moments = {}
+    for entry in _entries(optimizer):
+        values = {}
+        for name in tp.leaves_by_name(shapes[entry]):
+            tensor = torch_state[tensors[name]].get(entry) if tensors[name] in torch_state else None
+            values[name] = np.zeros_like(arrays[name]) if tensor is None else tensor.detach().cpu().numpy()
+        moments[entry] = tp.filled(shapes[entry], values)
+    return _with_moments(template, moments, step, float(tp.rate_before([learning_rate], step)[0]))
+
+
+def write_generic(optimizer: torch.optim.Optimizer, tensors: Mapping[str, Any], opt_state: Any) -> None:
+    """Writes the moments and count of a JAX state of ``build_optimizer`` into a torch optimizer's state."""
+    moments, count = _moments_of(opt_state)
+    moment_leaves = {entry: tp.leaves_by_name(tree) for entry, tree in moments.items()}
+    group = optimizer.param_groups[0]
+    names = next(iter(moment_leaves.values()), None)
+    for name in tensors if names is None else names:
+        p = tensors[name]
+        state = optimizer.state[p]
         for entry in _entries(optimizer):
-            values = {}
-            for name, p in named.items():
-                tensor = state.get(p, {}).get(entry)
-                values[name] = np.zeros_like(arrays[name]) if tensor is None else tensor.detach().cpu().numpy()
-            moments[entry] = tp.nest(values)
-        counts = tp.step_counts(optimizer)
-        if counts and counts != {step}:
-            raise ValueError(
-                f"{owner}: the optimizer's parameters have taken {sorted(counts)} steps and the scheduler {step}; "
-                "export after optimizer.step() and scheduler.step()"
-            )
-        rate = float(tp.rate_before([cfg.learning_rate], step)[0])
-        return params, _with_moments(template, moments, step, rate), step
+            state[entry] = torch.as_tensor(np.array(moment_leaves[entry][name])).to(p)
+        if isinstance(optimizer, (torch.optim.Adam, torch.optim.Adagrad)):
+            tp.write_step(state, count, group, p)
 
 
 def import_state(
@@ -259,15 +279,8 @@ def import_state(
                 optimizers.check_state(opt_state, template)
     if problems:
         raise ValueError(f"{owner}: the JAX run does not fit this model (nothing was changed): " + "; ".join(problems))
-    moments, count = _moments_of(opt_state)
-    moment_leaves = {entry: tp.leaves_by_name(tree) for entry, tree in moments.items()}
-    group = optimizer.param_groups[0]
     with torch.no_grad():
         for name, p in named.items():
             tp.write_whole(p, leaves[name])
-            state = optimizer.state[p]
-            for entry in _entries(optimizer):
-                state[entry] = torch.as_tensor(np.array(moment_leaves[entry][name])).to(p)
-            if isinstance(optimizer, (torch.optim.Adam, torch.optim.Adagrad)):
-                tp.write_step(state, count, group, p)
-    tp.set_step(scheduler, count)
+        write_generic(optimizer, named, opt_state)
+    tp.set_step(scheduler, _moments_of(opt_state)[1])

@@ -28,12 +28,14 @@ from functional_opt import config as config_lib
 from functional_opt import demo_model, grouping, schedule_plan
 
 __all__ = [
+    "check_counts",
+    "filled",
     "fit_problems",
+    "is_float64",
     "leaves_by_name",
     "nest",
     "rate_before",
     "set_step",
-    "step_counts",
     "trained_tensors",
     "whole_array",
     "whole_arrays",
@@ -122,6 +124,16 @@ def nest(arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return demo_model.params_from_arrays(arrays, dtypes.pop() if len(dtypes) == 1 else None)
 
 
+def filled(template: Any, arrays: Mapping[str, Any]) -> Any:
+    """``template`` with each leaf replaced by the array of its name, in the leaf's dtype (masked leaves stay)."""
+    import jax
+    import jax.numpy as jnp
+
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.asarray(arrays[grouping.path_to_name(path)], leaf.dtype), template
+    )
+
+
 def leaves_by_name(tree: Any) -> dict[str, Any]:
     """``{dotted name: leaf}`` of a pytree (the one naming rule)."""
     return dict(grouping.named_leaves(tree))
@@ -142,9 +154,25 @@ def set_step(scheduler: Any, count: int) -> None:
     scheduler.load_state_dict({**saved, "last_epoch": int(count), "_step_count": int(count) + 1})
 
 
-def step_counts(optimizer: torch.optim.Optimizer) -> set[int]:
-    """The distinct ``"step"`` counts in a torch optimizer's per-parameter state."""
-    return {int(s["step"]) for s in optimizer.state.values() if isinstance(s, Mapping) and "step" in s}
+def check_counts(owner: str, optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Refuses an optimizer whose per-parameter ``"step"`` counts are not the scheduler's ``step``."""
+    counts = {int(s["step"]) for s in optimizer.state.values() if isinstance(s, Mapping) and "step" in s}
+    if counts and counts != {step}:
+        raise ValueError(
+            f"{owner}: the optimizer's parameters have taken {sorted(counts)} steps and the scheduler {step}; "
+            "export after optimizer.step() and scheduler.step()"
+        )
+
+
+def is_float64(owner: str, arrays: Mapping[str, np.ndarray]) -> bool:
+    """Whether the parameters are float64 (else float32); refuses other or mixed types."""
+    dtypes = {a.dtype for a in arrays.values()}
+    if not dtypes <= {np.dtype(np.float32), np.dtype(np.float64)} or len(dtypes) != 1:
+        raise ValueError(
+            f"{owner}: parameters of dtypes {sorted(map(str, dtypes))}; a model of one float type "
+            "(float32 or float64) moves"
+        )
+    return dtypes == {np.dtype(np.float64)}
 
 
 def write_step(state: dict[str, Any], count: int, group: Mapping[str, Any], param: torch.Tensor) -> None:
