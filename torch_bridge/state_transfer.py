@@ -53,13 +53,20 @@ import torch
 
 from functional_opt import config as config_lib
 from functional_opt import optimizers
+from functional_opt.table_optimizers import DenseLike, TablesLike
 from torch_bridge import recap_transfer
 from torch_bridge import transfer_parts as tp
 from torch_bridge.recap_scheduler import RecapLRShim
 from torch_bridge.schedulers import LRShim
 
-__all__ = ["export_state", "import_state", "optimizer_config_of"]
-
+__all__ = [
+    "count_of",
+    "export_state",
+    "generic_state",
+    "import_state",
+    "optimizer_config_of",
+    "write_generic",
+]
 
 
 def _single_group(owner: str, optimizer: torch.optim.Optimizer, scheduler: LRShim) -> dict[str, Any]:
@@ -68,7 +75,8 @@ def _single_group(owner: str, optimizer: torch.optim.Optimizer, scheduler: LRShi
     if len(optimizer.param_groups) != 1:
         raise ValueError(
             f"{owner}: the optimizer has {len(optimizer.param_groups)} param groups; "
-            "a state moves from torch_bridge.build_optimizer's optimizer (one group)"
+            "a state moves from torch_bridge.build_optimizer's optimizer (one group); for a model whose tables "
+            "have optimizers of their own, pass tables= and dense= (the configs it was built from)"
         )
     return optimizer.param_groups[0]
 
@@ -148,6 +156,13 @@ def _with_moments(state: Any, moments: dict[str, Any], count: int, rate: float) 
     return (trace._replace(trace=moments["momentum_buffer"]), _with_moments(scale, {}, count, rate))
 
 
+def count_of(state: Any) -> int:
+    """The update count of a JAX state of ``build_optimizer`` (or of any state with a ``count``)."""
+    if isinstance(state, tuple) and not hasattr(state, "_fields"):  # SGD with momentum: (trace, scale)
+        return _moments_of(state)[1]
+    return int(state.count)
+
+
 def _moments_of(state: Any) -> tuple[dict[str, Any], int]:
     """The moments (by torch entry name) and the count of a JAX state of ``build_optimizer``."""
     if isinstance(state, optimizers.TorchAdamState):
@@ -161,7 +176,12 @@ def _moments_of(state: Any) -> tuple[dict[str, Any], int]:
 
 
 def export_state(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRShim
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRShim,
+    *,
+    tables: TablesLike | None = None,
+    dense: DenseLike = None,
 ) -> tuple[dict[str, Any], Any, int]:
     """The torch run as ``(params, opt_state, step)`` for the JAX optimizer of the same config.
 
@@ -172,6 +192,14 @@ def export_state(
             group) or of :func:`torch_bridge.build_recap_optimizer`.
         scheduler: its :class:`~torch_bridge.schedulers.LRShim` (a
             :class:`~torch_bridge.recap_scheduler.RecapLRShim` for the recap optimizer).
+        tables: for a model whose tables have optimizers of their own
+            (``build_recap_optimizer(..., tables=...)``,
+            :func:`torch_bridge.build_embedding_optimizer`): the table configs it
+            was built from; the state is then that of
+            ``functional_opt.optimizers.build_table_optimizer(params, tables, dense)``
+            (:mod:`torch_bridge.table_transfer`).
+        dense: with ``tables``, the dense optimizer's config (an
+            ``OptimizerConfig`` or a ``RecapOptimizerConfig``).
 
     Returns:
         ``params`` (nested dicts and lists of arrays, the parameters' dtypes, each
@@ -187,6 +215,10 @@ def export_state(
             has taken another number of steps than the scheduler; parameters of
             mixed or non-float types.
     """
+    if tables is not None:
+        from torch_bridge.table_transfer import export_table_state
+
+        return export_table_state(model, optimizer, scheduler, tables, dense)
     if isinstance(scheduler, RecapLRShim):
         return recap_transfer.export_recap_state(model, optimizer, scheduler)
     owner = "export_state"
@@ -242,7 +274,14 @@ def write_generic(optimizer: torch.optim.Optimizer, tensors: Mapping[str, Any], 
 
 
 def import_state(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRShim, params: Any, opt_state: Any
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRShim,
+    params: Any,
+    opt_state: Any,
+    *,
+    tables: TablesLike | None = None,
+    dense: DenseLike = None,
 ) -> None:
     """Writes a JAX run (params and the optimizer's state) into a torch model, optimizer and scheduler.
 
@@ -252,7 +291,8 @@ def import_state(
     ``optimizer.step()`` runs with ``schedule(count)``. ``opt_state`` is the
     state of :func:`functional_opt.optimizers.build_optimizer` (or of
     ``build_recap_optimizer`` when ``scheduler`` is a
-    :class:`~torch_bridge.recap_scheduler.RecapLRShim`) for the torch side's config.
+    :class:`~torch_bridge.recap_scheduler.RecapLRShim`; of ``build_table_optimizer``
+    with ``tables`` and ``dense``, see :func:`export_state`) for the torch side's config.
 
     Raises:
         ValueError: the names or shapes of ``params`` differ from the model's, the
@@ -260,6 +300,11 @@ def import_state(
             its moments do not fit (the first differences named). Nothing is
             changed then.
     """
+    if tables is not None:
+        from torch_bridge.table_transfer import import_table_state
+
+        import_table_state(model, optimizer, scheduler, params, opt_state, tables, dense)
+        return
     if isinstance(scheduler, RecapLRShim):
         recap_transfer.import_recap_state(model, optimizer, scheduler, params, opt_state)
         return
@@ -283,4 +328,4 @@ def import_state(
         for name, p in named.items():
             tp.write_whole(p, leaves[name])
         write_generic(optimizer, named, opt_state)
-    tp.set_step(scheduler, _moments_of(opt_state)[1])
+    tp.set_step(scheduler, count_of(opt_state))
