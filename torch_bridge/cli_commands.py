@@ -268,10 +268,6 @@ def run_check(
                 "note: a generic OptimizerConfig drives every parameter, the embedding tables included, with its "
                 f"one schedule; the embedding learning rate at '{loaded.embedding_path}' is not used"
             )
-    if switch_at is not None:
-        from torch_bridge.cli_switch import run_switch
-
-        return run_switch(loaded, emb, steps=steps, switch_at=switch_at, dtype=dtype, seed=seed, notes=notes, out=out)
     batches = demo_model.make_batches(spec, steps, BATCH_SIZE, seed=seed)
     initial = demo_model.init_arrays(spec, seed)
 
@@ -279,6 +275,10 @@ def run_check(
     fused = bool(tables) and dtype == "float32"
     if tables:
         notes += table_notes(loaded, spec, fused)
+    if switch_at is not None:
+        from torch_bridge.cli_switch import run_switch
+
+        return run_switch(loaded, emb, steps=steps, switch_at=switch_at, dtype=dtype, seed=seed, notes=notes, out=out)
     with quiet_torch(), torch_demo.single_process_group() if fused else contextlib.nullcontext():
         model = torch_demo.DemoRankingModel(spec, seed=seed, dtype=torch_dtype)
         names = [name for name, _ in model.named_parameters()]

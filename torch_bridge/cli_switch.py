@@ -14,6 +14,7 @@ and the rate of every step, against ``check``'s bars
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
@@ -37,16 +38,21 @@ from torch_bridge.cli_commands import (
 )
 from torch_bridge.cli_jax import initial_params, jax_optimizer, train_jax
 from torch_bridge.cli_shared import check_spec, group_label, quiet_torch
+from torch_bridge.cli_tables import table_groups, tables_in_torch, torch_labels, torch_table_optimizer
 
 __all__ = ["run_switch"]
 
 
-def _build(loaded: LoadedConfig, emb: config_lib.EmbeddingOptimizerConfig, spec: Any, seed: int, dtype: torch.dtype):
+def _build(
+    loaded: LoadedConfig, emb: config_lib.EmbeddingOptimizerConfig, spec: Any, seed: int, dtype: torch.dtype
+) -> tuple[torch.nn.Module, Any, Any]:
     from torch_bridge import build_optimizer, build_recap_optimizer
 
     model = torch_demo.DemoRankingModel(spec, seed=seed, dtype=dtype)
     opt = loaded.optimizer
     try:
+        if loaded.table_optimizers:
+            return torch_table_optimizer(loaded, model, fused=dtype == torch.float32)
         if isinstance(opt, config_lib.RecapOptimizerConfig):
             return (model, *build_recap_optimizer(model, opt, emb))
         return (model, *build_optimizer(model, opt))
@@ -67,9 +73,12 @@ def run_switch(
 ) -> int:
     """Runs the two moves and prints the comparison; 0 when both are within the bars, 1 when not.
 
+    A config whose tables have optimizers of their own trains them as ``check``
+    does: on fused kernels under ``DistributedModelParallel`` in float32, on
+    torch's optimizers in float64; their accumulators move with the rest.
+
     Raises:
-        CliError: ``switch_at`` is not below ``steps``, or the config has
-            per-table optimizers (their fused accumulators do not move yet).
+        CliError: ``switch_at`` is not below ``steps``, or the optimizer cannot be built.
     """
     import jax
 
@@ -78,11 +87,6 @@ def run_switch(
     out = sys.stdout if out is None else out
     if not 1 <= switch_at < steps:
         raise CliError(f"--switch-at {switch_at} must be a step inside the run: 1 .. {steps - 1} (--steps {steps})")
-    if loaded.table_optimizers:
-        raise CliError(
-            f"{loaded.path}: --switch-at moves the state of build_optimizer and of the recap optimizer; this file "
-            "gives its tables optimizers of their own, whose state does not move between torch and JAX"
-        )
     spec = check_spec(loaded)
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     batches = demo_model.make_batches(spec, steps, BATCH_SIZE, seed=seed)
@@ -90,8 +94,11 @@ def run_switch(
     kind = loaded.kind
     algorithm = loaded.optimizer.algorithm_name if isinstance(loaded.optimizer, config_lib.OptimizerConfig) else "adam"
 
-    def label_of(group: Mapping[str, Any]) -> str:
-        return group_label(group, kind, algorithm)
+    tables = list(loaded.table_optimizers)
+    moves = {"tables": loaded.tables, "dense": loaded.optimizer} if tables else {}
+
+    def label_of(group: Mapping[str, Any]) -> str | list[str]:
+        return torch_labels(group, tables) if tables else group_label(group, kind, algorithm)
 
     def torch_part(built: tuple, part: Sequence[demo_model.Batch]) -> dict[str, np.ndarray]:
         return train_torch(*built, part, spec, torch_dtype, label_of)[1]
@@ -100,19 +107,22 @@ def run_switch(
     for note in notes:
         print(note, file=out)
     print(
-        f"model: demo multi-task model, towers {list(spec.tasks)}, tables {[t for t, _ in spec.tables]}; "
+        f"model: demo multi-task model, towers {list(spec.tasks)}, tables {[t for t, _ in spec.tables]} "
+        f"({tables_in_torch(dtype, bool(loaded.table_optimizers) and dtype == 'float32')} in torch); "
         f"{steps} steps of batch {BATCH_SIZE}, seed {seed}, {dtype}; the run moves at step {switch_at}",
         file=out,
     )
-    with quiet_torch():
+    fused = bool(tables) and dtype == "float32"
+    with quiet_torch(), torch_demo.single_process_group() if fused else contextlib.nullcontext():
+        names = [n for n, _ in torch_demo.DemoRankingModel(spec, seed=seed, dtype=torch_dtype).named_parameters()]
+        groups = table_groups(loaded, names) if tables else check_groups(loaded, names, emb)
         straight = _build(loaded, emb, spec, seed, torch_dtype)
-        groups = check_groups(loaded, [n for n, _ in straight[0].named_parameters()], emb)
         lrs_straight = torch_part(straight, batches)
         params_straight = torch_demo.named_arrays(straight[0])
 
         first = _build(loaded, emb, spec, seed, torch_dtype)
         lrs_before = torch_part(first, batches[:switch_at])
-        params, opt_state, _ = export_state(*first)
+        params, opt_state, _ = export_state(*first, **moves)
         with jax.enable_x64(dtype == "float64"):
             tx, lrs_of = jax_optimizer(loaded, emb, params)
             final, _, lrs_after = train_jax(tx, lrs_of, params, opt_state, batches[switch_at:], spec, dtype)
@@ -128,7 +138,7 @@ def run_switch(
             start = initial_params(initial, dtype)
             params, state, lrs_before = train_jax(tx, lrs_of, start, tx.init(start), batches[:switch_at], spec, dtype)
         second = _build(loaded, emb, spec, seed, torch_dtype)
-        import_state(*second, params, state)
+        import_state(*second, params, state, **moves)
         lrs_after = torch_part(second, batches[switch_at:])
         to_torch = judge(
             groups,

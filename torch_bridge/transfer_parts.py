@@ -102,7 +102,7 @@ def write_whole(tensor: Any, array: Any) -> None:
     for shard in tensor.local_shards():
         offsets, sizes = shard.metadata.shard_offsets, shard.metadata.shard_sizes
         piece = array[tuple(slice(o, o + n) for o, n in zip(offsets, sizes, strict=True))]
-        shard.tensor.copy_(torch.as_tensor(np.ascontiguousarray(piece)))
+        shard.tensor.copy_(torch.as_tensor(np.array(piece)))
 
 
 def fit_problems(tensors: Mapping[str, Any], leaves: Mapping[str, Any]) -> list[str]:
