@@ -119,6 +119,23 @@ def _accumulator(table: str, leaf: torch.optim.Optimizer, key: Any) -> tuple[dic
     return state, fused if fused in state else "sum"
 
 
+def _accumulator_pieces(
+    table: str, holders: Mapping[str, tuple[torch.optim.Optimizer, Any]], shape: tuple[int, ...]
+) -> list[tuple[tuple[int, ...], np.ndarray]]:
+    """The rows of a table's accumulator this rank holds (none when another rank holds the table).
+
+    torch's ``RowWiseAdagrad`` keeps its row sums as ``(rows, 1)``, fbgemm as
+    ``(rows,)``: a plain tensor is reshaped to the JAX accumulator's ``shape``.
+    """
+    if table not in holders:
+        return []
+    entries, entry = _accumulator(table, *holders[table])
+    found = entries.get(entry)
+    if found is not None and not hasattr(found, "local_shards"):
+        found = found.reshape(shape)
+    return tp.local_pieces(found)
+
+
 def export_table_state(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -153,11 +170,8 @@ def export_table_state(
             )
             state = state._replace(count=jnp.asarray(step, jnp.int32), learning_rate=rate)
             if isinstance(state, FusedAdagradState):
-                (name,) = tp.leaves_by_name(state.accumulator)
-                entries, entry = _accumulator(label, *holders[label])
-                shape = np.shape(tp.leaves_by_name(state.accumulator)[name])
-                found = entries.get(entry)
-                values = np.zeros(shape) if found is None else tp.whole_array(found).reshape(shape)
+                ((name, like),) = tp.leaves_by_name(state.accumulator).items()
+                values = tp.assembled(_accumulator_pieces(label, holders, like.shape), like.shape, like.dtype)
                 state = state._replace(accumulator=tp.filled(state.accumulator, {name: values}))
             moved[label] = state
         opt_state = template._replace(
@@ -234,6 +248,8 @@ def import_table_state(
                 continue
             if isinstance(state, FusedAdagradState):
                 ((name, values),) = tp.leaves_by_name(state.accumulator).items()
+                if label not in holders:  # a table this rank does not hold
+                    continue
                 leaf, key = holders[label]
                 entries, entry = _accumulator(label, leaf, key)
                 if entry in entries and hasattr(entries[entry], "local_shards"):

@@ -28,11 +28,13 @@ from functional_opt import config as config_lib
 from functional_opt import demo_model, grouping, schedule_plan
 
 __all__ = [
+    "assembled",
     "check_counts",
     "filled",
     "fit_problems",
     "is_float64",
     "leaves_by_name",
+    "local_pieces",
     "nest",
     "rate_before",
     "set_step",
@@ -55,13 +57,14 @@ def trained_tensors(model: torch.nn.Module) -> dict[str, Any]:
 
     torchrec's sharded modules expose a table's local rows as a parameter and
     the whole table only in ``state_dict`` (a ``ShardedTensor`` whose local
-    shards are views of the kernel's rows), so a table is taken from there.
+    shards are views of the kernel's rows), so a table is taken from there; on
+    several ranks, each rank's ``state_dict`` holds every table, its own shards
+    and none of the others'.
     """
     params = {_unwrapped(n): p for n, p in model.named_parameters()}
     for name, value in model.state_dict(keep_vars=True).items():
-        name = _unwrapped(name)
-        if name in params and hasattr(value, "local_shards"):
-            params[name] = value
+        if hasattr(value, "local_shards"):  # a table; on several ranks, also one that lives on another rank only
+            params[_unwrapped(name)] = value
     return params
 
 
@@ -71,20 +74,40 @@ def _shape(tensor: Any) -> tuple[int, ...]:
     return tuple(tensor.shape)
 
 
-def whole_array(tensor: Any) -> np.ndarray:
-    """A parameter as one numpy array; a ``ShardedTensor`` gathered from every rank's shards."""
+def local_pieces(tensor: Any) -> list[tuple[tuple[int, ...], np.ndarray]]:
+    """A tensor's rows this rank holds, as ``(offsets, numpy copy)``: a ``ShardedTensor``'s local shards, a
+    plain tensor whole (at offset 0), None as nothing."""
+    if tensor is None:
+        return []
     if not hasattr(tensor, "local_shards"):
-        return tensor.detach().cpu().numpy().copy()
-    pieces = [(tuple(s.metadata.shard_offsets), s.tensor.detach().cpu().numpy().copy()) for s in tensor.local_shards()]
-    size = tuple(tensor.metadata().size)
-    if sum(piece.size for _, piece in pieces) != int(np.prod(size)):
+        array = tensor.detach().cpu().numpy().copy()
+        return [((0,) * array.ndim, array)]
+    return [(tuple(s.metadata.shard_offsets), s.tensor.detach().cpu().numpy().copy()) for s in tensor.local_shards()]
+
+
+def assembled(pieces: list[tuple[tuple[int, ...], np.ndarray]], shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """The whole array of shape ``shape`` from every rank's pieces.
+
+    On several ranks this is a collective (an all-gather of the pieces): every
+    rank calls it for every sharded table, in the same order, with its own
+    pieces (none for a table it does not hold).
+    """
+    if dist.is_initialized() and dist.get_world_size() > 1:
         gathered: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, pieces)
         pieces = [piece for rank in gathered for piece in rank]
-    out = np.zeros(size, dtype=pieces[0][1].dtype if pieces else np.float32)
+    out = np.zeros(shape, dtype=dtype)
     for offsets, piece in pieces:
         out[tuple(slice(o, o + n) for o, n in zip(offsets, piece.shape, strict=True))] = piece
     return out
+
+
+def whole_array(tensor: Any) -> np.ndarray:
+    """A parameter as one numpy array; a ``ShardedTensor`` gathered from every rank's shards (:func:`assembled`)."""
+    if not hasattr(tensor, "local_shards"):
+        return tensor.detach().cpu().numpy().copy()
+    dtype = torch.empty(0, dtype=tensor.metadata().tensor_properties.dtype).numpy().dtype
+    return assembled(local_pieces(tensor), tuple(tensor.metadata().size), dtype)
 
 
 def whole_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:

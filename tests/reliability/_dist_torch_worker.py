@@ -325,6 +325,33 @@ def train(
     return record
 
 
+def move_there_and_back(variant: str, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    """``export_state`` on every rank (each table gathered whole), then ``import_state`` into a fresh build."""
+    from functional_opt.demo_model import named_arrays
+    from torch_bridge import export_state, import_state
+
+    moves = {"tables": TABLES, "dense": RECAP_CONFIG} if variant == "tables" else {}
+    params, opt_state, step = export_state(model, optimizer, scheduler, **moves)
+    accumulators = {}
+    if variant == "tables":
+        for label, masked in opt_state.inner_states.items():
+            accumulator = getattr(masked.inner_state, "accumulator", None)
+            if accumulator is not None:
+                (accumulators[label],) = (a.copy() for a in named_arrays(accumulator).values())
+    fresh_model, fresh_optimizer, fresh_scheduler = build(variant)
+    import_state(fresh_model, fresh_optimizer, fresh_scheduler, params, opt_state, **moves)
+    return {
+        "exported": {"step": step, "params": named_arrays(params), "accumulators": accumulators},
+        "imported": {
+            "dense": {n: p.detach().clone() for n, p in dense_params(fresh_model).items()},
+            "tables": {n: t.detach().clone() for n, t in local_tables(fresh_model).items()},
+            "fused_state": fused_state(fresh_model),
+            "last_epoch": fresh_scheduler.last_epoch,
+            "kernel_lrs": kernel_learning_rates(fresh_model),
+        },
+    }
+
+
 def run_rank(rank: int, world_size: int, port: int, out: str, run: str, variant: str = "recap") -> None:
     """Entry point of one spawned rank (``torch.multiprocessing.start_processes``)."""
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
@@ -342,6 +369,7 @@ def run_rank(rank: int, world_size: int, port: int, out: str, run: str, variant:
         data = [rank_slice(b, rank, world_size) for b in batches()]
         if run == "full":
             record = train(model, optimizer, scheduler, data, 0, STEPS, checkpoint=checkpoint, save=save)
+            record.update(move_there_and_back(variant, model, optimizer, scheduler))
         elif run == "resume":
             load(checkpoint, model, optimizer, scheduler)
             record = train(model, optimizer, scheduler, data, CHECKPOINT_STEP, STEPS)

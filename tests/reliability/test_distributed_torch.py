@@ -23,6 +23,12 @@ scheduler.step``:
   loaded by two new processes that finish the run, gives bitwise the same
   losses, learning rates and parameters as the uninterrupted run.
 
+* ``export_state`` after the run, on both ranks, gives the same whole
+  parameters (each table gathered from the rank that holds it) and, per table,
+  the same accumulator, equal to what the owning rank holds; ``import_state``
+  into a fresh build writes every rank's shards, accumulators, dense parameters
+  and step back bitwise.
+
 All of it twice: the recap optimizer with one embedding schedule (fused SGD,
 checkpoints by ``torch.save`` per rank), and with every table on its own
 optimizer and schedule (exact Adagrad and exact row-wise Adagrad, whose
@@ -211,3 +217,39 @@ def test_resume_from_checkpoint_is_bitwise_equal(runs: dict[str, Any]) -> None:
             assert sorted(resumed[part]) == sorted(full[part])
             for name, value in full[part].items():
                 assert torch.equal(resumed[part][name], value), (full["rank"], name)
+
+
+def test_export_gathers_every_shard_and_import_writes_them_back(runs: dict[str, Any]) -> None:
+    ranks = runs["full"]
+    exported = [record["exported"] for record in ranks]
+    assert all(e["step"] == worker.STEPS for e in exported)
+    names = sorted(exported[0]["params"])
+    assert names == sorted([*ranks[0]["dense"], *runs["reference"]["tables"]])
+    for name in names:
+        assert np.array_equal(exported[0]["params"][name], exported[1]["params"][name]), name
+    for record in ranks:  # the owner's rows and dense parameters, bitwise
+        for part in ("dense", "tables"):
+            for name, value in record[part].items():
+                assert np.array_equal(exported[0]["params"][name], value.numpy()), (record["rank"], name)
+    if runs["variant"] == "tables":
+        assert sorted(exported[0]["accumulators"]) == ["tweet_id", "user_id"]
+        owned = {k: v for record in ranks for k, v in record["fused_state"].items()}
+        for table, accumulator in exported[0]["accumulators"].items():
+            assert np.array_equal(accumulator, exported[1]["accumulators"][table]), table
+            (held,) = [v for k, v in owned.items() if k.endswith(f"{table}.momentum1")]
+            assert np.array_equal(accumulator, held.numpy().reshape(accumulator.shape)), table
+            assert float(np.abs(accumulator).max()) > 0, table
+    for record in ranks:
+        imported = record["imported"]
+        assert imported["last_epoch"] == worker.STEPS
+        # The fresh kernels hold the rate of the next step, schedule(STEPS), as the scheduler's step sets it.
+        fused_configs = _fused_lr_configs(runs["variant"])
+        next_rates = [
+            float(np.float32(schedules.compute_lr(fused_configs[name], worker.STEPS)))
+            for name in record["fused_lrs"][-1]
+        ]
+        assert imported["kernel_lrs"] == next_rates, (record["rank"], imported["kernel_lrs"], next_rates)
+        for part in ("dense", "tables", "fused_state"):
+            assert sorted(imported[part]) == sorted(record[part]), part
+            for name, value in record[part].items():
+                assert torch.equal(imported[part][name], value), (record["rank"], part, name)
