@@ -181,22 +181,11 @@ def import_recap_state(
     recap_cfg, emb_cfg = recap_configs_of(optimizer, scheduler)
     tensors = tp.trained_tensors(model)
     leaves = tp.leaves_by_name(params)
-    problems = tp.fit_problems(tensors, leaves)
-    if not problems:
-        float64 = any(t.dtype == torch.float64 for t in tensors.values())
-        with jax.enable_x64(float64):
-            template = optimizers.build_recap_optimizer(params, recap_cfg, emb_cfg).init(params)
-            if not isinstance(opt_state, RecapState) or jax.tree_util.tree_structure(
-                template
-            ) != jax.tree_util.tree_structure(opt_state):
-                problems.append(
-                    "opt_state is not the state of build_recap_optimizer for these groups over these params "
-                    f"(groups {list(template.learning_rates.names)})"
-                )
-            else:
-                optimizers.check_state(opt_state, template)
-    if problems:
-        raise ValueError(f"{owner}: the JAX run does not fit this model (nothing was changed): " + "; ".join(problems))
+
+    def template_of(p: Any) -> RecapState:
+        return optimizers.build_recap_optimizer(p, recap_cfg, emb_cfg).init(p)
+
+    tp.check_fit(owner, tensors, params, opt_state, template_of, "build_recap_optimizer for these groups")
     groups = _groups(list(leaves), recap_cfg, emb_cfg)
     with torch.no_grad():
         for name, tensor in tensors.items():

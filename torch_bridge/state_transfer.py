@@ -312,18 +312,9 @@ def import_state(
     cfg = optimizer_config_of(optimizer, scheduler)
     named = tp.trained_tensors(model)
     leaves = tp.leaves_by_name(params)
-    problems = tp.fit_problems(named, leaves)
-    if not problems:
-        with jax.enable_x64(any(p.dtype == torch.float64 for p in named.values())):
-            template = _template(cfg, params)
-            if jax.tree_util.tree_structure(template) != jax.tree_util.tree_structure(opt_state):
-                problems.append(
-                    f"opt_state is not the state of build_optimizer for {cfg.algorithm_name} over these params"
-                )
-            else:
-                optimizers.check_state(opt_state, template)
-    if problems:
-        raise ValueError(f"{owner}: the JAX run does not fit this model (nothing was changed): " + "; ".join(problems))
+    tp.check_fit(
+        owner, named, params, opt_state, lambda p: _template(cfg, p), f"build_optimizer for {cfg.algorithm_name}"
+    )
     with torch.no_grad():
         for name, p in named.items():
             tp.write_whole(p, leaves[name])

@@ -219,18 +219,14 @@ def import_table_state(
     _check_schedules(owner, scheduler, configs, dense)
     tensors = tp.trained_tensors(model)
     leaves = tp.leaves_by_name(params)
-    problems = tp.fit_problems(tensors, leaves)
-    if not problems:
-        with jax.enable_x64(any(t.dtype == torch.float64 for t in tensors.values())):
-            template = _template(params, tables, dense)
-            if jax.tree_util.tree_structure(template) != jax.tree_util.tree_structure(opt_state):
-                problems.append(
-                    f"opt_state is not the state of build_table_optimizer for tables {list(configs)} over these params"
-                )
-            else:
-                optimizers.check_state(opt_state, template)
-    if problems:
-        raise ValueError(f"{owner}: the JAX run does not fit this model (nothing was changed): " + "; ".join(problems))
+    tp.check_fit(
+        owner,
+        tensors,
+        params,
+        opt_state,
+        lambda p: _template(p, tables, dense),
+        f"build_table_optimizer for tables {list(configs)}",
+    )
     holders = _holders(optimizer)
     inner = {label: masked.inner_state for label, masked in opt_state.inner_states.items()}
     count = state_transfer.count_of(next(iter(inner.values())))

@@ -30,6 +30,7 @@ from functional_opt import demo_model, grouping, schedule_plan
 __all__ = [
     "assembled",
     "check_counts",
+    "check_fit",
     "filled",
     "fit_problems",
     "is_float64",
@@ -139,6 +140,32 @@ def fit_problems(tensors: Mapping[str, Any], leaves: Mapping[str, Any]) -> list[
         if tuple(np.shape(leaves[n])) != _shape(t)
     ]
     return shapes[:5]
+
+
+def check_fit(owner: str, tensors: Mapping[str, Any], params: Any, opt_state: Any, template_of: Any, what: str) -> None:
+    """Refuses a JAX run that does not fit the model, before anything changes.
+
+    The names and shapes of ``params`` must be the model's; ``opt_state`` must
+    have the structure of ``template_of(params)`` (the live JAX optimizer's
+    ``init``) and pass :func:`functional_opt.opt_state.check_state` against it.
+
+    Raises:
+        ValueError: naming the first differences (``what`` names the JAX optimizer).
+    """
+    import jax
+
+    from functional_opt import optimizers
+
+    problems = fit_problems(tensors, leaves_by_name(params))
+    if not problems:
+        with jax.enable_x64(any(t.dtype == torch.float64 for t in tensors.values())):
+            template = template_of(params)
+            if jax.tree_util.tree_structure(template) != jax.tree_util.tree_structure(opt_state):
+                problems.append(f"opt_state is not the state of {what} over these params")
+            else:
+                optimizers.check_state(opt_state, template)
+    if problems:
+        raise ValueError(f"{owner}: the JAX run does not fit this model (nothing was changed): " + "; ".join(problems))
 
 
 def nest(arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:

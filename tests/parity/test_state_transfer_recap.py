@@ -19,16 +19,15 @@ from collections.abc import Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import torch
+from transfer_runs import SPEC, gap, jax_steps, torch_steps
 
 import torch_bridge
 from functional_opt import config, demo_model, optimizers, schedules
 from torch_bridge import demo_model as torch_demo
 from torch_bridge.recap_transfer import recap_configs_of
 
-SPEC = demo_model.ModelSpec()
 BAR64, BAR32 = 1e-12, 1e-5
 RAMP, END = 4, 12
 SWITCHES = (2, RAMP, END + 3)
@@ -79,37 +78,6 @@ def build(dtype: torch.dtype) -> tuple[torch.nn.Module, torch.optim.Optimizer, t
     return (model, *torch_bridge.build_recap_optimizer(model, RECAP, EMB))
 
 
-def torch_steps(built: tuple, data: list[demo_model.Batch], dtype: torch.dtype) -> None:
-    model, optimizer, scheduler = built
-    for batch in data:
-        dense, features, labels = torch_demo.to_torch(batch, SPEC, dtype)
-        optimizer.zero_grad()
-        torch_demo.loss_fn(model(dense, features), labels).backward()
-        optimizer.step()
-        scheduler.step()
-
-
-def jax_steps(params: dict, state: optax.OptState, data: list[demo_model.Batch]) -> tuple[dict, optax.OptState]:
-    tx = optimizers.build_recap_optimizer(params, RECAP, EMB)
-    dtype = jax.tree.leaves(params)[0].dtype
-
-    @jax.jit
-    def step(params: dict, state: optax.OptState, batch: demo_model.Batch) -> tuple[dict, optax.OptState]:
-        grads = jax.grad(demo_model.loss)(params, batch, SPEC)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    for batch in data:
-        params, state = step(params, state, demo_model.to_jax(batch, dtype))
-    return params, state
-
-
-def worst(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
-    """max over parameters of max |a - b|, in float64."""
-    assert sorted(a) == sorted(b)
-    return max(float(np.abs(a[n].astype(np.float64) - b[n]).max()) for n in a)
-
-
 def scale_of(arrays: dict[str, np.ndarray]) -> float:
     return max(float(np.abs(v).max()) for v in arrays.values())
 
@@ -140,14 +108,14 @@ def test_recap_torch_then_jax_equals_torch_throughout(dtype: torch.dtype, switch
     assert step == switch and int(opt_state.count) == switch
     with jax.enable_x64(dtype == torch.float64):
         optimizers.check_state(opt_state, optimizers.build_recap_optimizer(params, RECAP, EMB).init(params))
-        final, _ = jax_steps(params, opt_state, data[switch:])
+        final, _ = jax_steps(optimizers.build_recap_optimizer(params, RECAP, EMB), params, opt_state, data[switch:])
         moved = demo_model.named_arrays(final)
-    gap, bar = worst(straight, moved), bar_of(dtype, straight)
-    print(f"recap {dtype}, torch -> JAX at step {switch}: max |Δparam| = {gap:.3g} (bar {bar:.3g})")
-    assert gap <= bar, (switch, gap, bar)
+    worst, bar = gap(straight, moved), bar_of(dtype, straight)
+    print(f"recap {dtype}, torch -> JAX at step {switch}: max |Δparam| = {worst:.3g} (bar {bar:.3g})")
+    assert worst <= bar, (switch, worst, bar)
     tables = [n for n in straight if ".embedding_bags." in n]
     # Every parameter, the tables included, moved by far more than the gap: the comparison proves something.
-    assert tables and all(np.abs(straight[n] - initial[n]).max() > 100 * max(gap, BAR64) for n in straight)
+    assert tables and all(np.abs(straight[n] - initial[n]).max() > 100 * max(worst, BAR64) for n in straight)
 
 
 @pytest.mark.parity
@@ -163,15 +131,15 @@ def test_recap_jax_then_torch_equals_torch_throughout(dtype: torch.dtype, switch
         with jax.enable_x64(dtype == torch.float64):
             params = demo_model.params_from_arrays(initial, jdtype)
             tx = optimizers.build_recap_optimizer(params, RECAP, EMB)
-            params, state = jax_steps(params, tx.init(params), data[:switch])
+            params, state = jax_steps(tx, params, tx.init(params), data[:switch])
         second = build(dtype)
         torch_bridge.import_state(*second, params, state)
         assert second[2].last_epoch == switch
         torch_steps(second, data[switch:], dtype)
         moved = torch_demo.named_arrays(second[0])
-    gap, bar = worst(straight, moved), bar_of(dtype, straight)
-    print(f"recap {dtype}, JAX -> torch at step {switch}: max |Δparam| = {gap:.3g} (bar {bar:.3g})")
-    assert gap <= bar, (switch, gap, bar)
+    worst, bar = gap(straight, moved), bar_of(dtype, straight)
+    print(f"recap {dtype}, JAX -> torch at step {switch}: max |Δparam| = {worst:.3g} (bar {bar:.3g})")
+    assert worst <= bar, (switch, worst, bar)
 
 
 @pytest.mark.usefixtures("x64")

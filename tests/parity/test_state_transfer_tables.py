@@ -18,15 +18,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import torch
+from transfer_runs import SPEC, gap, jax_steps, torch_steps
 
 import torch_bridge
 from functional_opt import config, demo_model, optimizers, table_config
 from torch_bridge import demo_model as torch_demo
 
-SPEC = demo_model.ModelSpec()
 BAR64, BAR32 = 1e-12, 1e-5
 RAMP, END = 4, 12
 SWITCHES = (2, RAMP, END + 3)
@@ -93,34 +92,6 @@ def build(variant: str, dtype: torch.dtype) -> tuple[Any, Any, Any]:
     if isinstance(dense, config.RecapOptimizerConfig):
         return (model, *torch_bridge.build_recap_optimizer(model, dense, tables=tables))
     return (model, *torch_bridge.build_embedding_optimizer(model, tables, dense))
-
-
-def torch_steps(built: tuple, data: list[demo_model.Batch], dtype: torch.dtype) -> None:
-    model, optimizer, scheduler = built
-    for batch in data:
-        dense, features, labels = torch_demo.to_torch(batch, SPEC, dtype)
-        optimizer.zero_grad()
-        torch_demo.loss_fn(model(dense, features), labels).backward()
-        optimizer.step()
-        scheduler.step()
-
-
-def jax_steps(tx: optax.GradientTransformation, params: dict, state: Any, data: list) -> tuple[dict, Any]:
-    dtype = jax.tree.leaves(params)[0].dtype
-
-    @jax.jit
-    def step(params: dict, state: Any, batch: demo_model.Batch) -> tuple[dict, Any]:
-        updates, state = tx.update(jax.grad(demo_model.loss)(params, batch, SPEC), state, params)
-        return optax.apply_updates(params, updates), state
-
-    for batch in data:
-        params, state = step(params, state, demo_model.to_jax(batch, dtype))
-    return params, state
-
-
-def gap(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
-    assert sorted(a) == sorted(b)
-    return max(float(np.abs(a[n].astype(np.float64) - b[n]).max()) for n in a)
 
 
 CASES = [pytest.param(v, torch.float64, s, id=f"{v}-float64-switch{s}") for v in VARIANTS for s in SWITCHES] + [
