@@ -30,7 +30,7 @@ import torch
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 
 from torch_bridge.state_checks import GROUPS_KEY, group_records, keyed_state_problems
-from torch_bridge.workarounds import evaluate_closure_once, initialise_state, keyed_from_positions
+from torch_bridge.workarounds import evaluate_closure_once, initialise_state, keyed_from_positions, wrapped_optimizer
 
 __all__ = ["RecapOptimizer"]
 
@@ -50,7 +50,7 @@ class RecapOptimizer(CombinedOptimizer):
         if not getattr(self, "_dense_state_created", False):
             for _, child in self._optims:
                 if isinstance(child, KeyedOptimizerWrapper):
-                    initialise_state(child._optimizer)
+                    initialise_state(wrapped_optimizer(child))
             self._dense_state_created = True
         return super().state
 

@@ -46,7 +46,7 @@ from functional_opt import grouping, optimizers
 from functional_opt.recap_state import GroupValues, RecapState
 from torch_bridge import transfer_parts as tp
 from torch_bridge.recap_scheduler import RecapLRShim
-from torch_bridge.workarounds import optimizer_leaves
+from torch_bridge.workarounds import optimizer_leaves, wrapped_optimizer
 
 __all__ = [
     "export_recap_state",
@@ -83,7 +83,7 @@ def recap_configs_of(
     adam = [
         g
         for leaf, _ in optimizer_leaves(optimizer)
-        if isinstance(_inner(leaf), torch.optim.Adam)
+        if isinstance(wrapped_optimizer(leaf), torch.optim.Adam)
         for g in leaf.param_groups
     ]
     settings = {(tuple(g["betas"]), float(g["eps"])) for g in adam}
@@ -103,11 +103,6 @@ def recap_configs_of(
         config_lib.RecapOptimizerConfig.model_validate(recap),
         config_lib.EmbeddingOptimizerConfig(learning_rate=emb_rate),
     )
-
-
-def _inner(leaf: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """The torch optimizer a torchrec ``KeyedOptimizerWrapper`` wraps (its ``_optimizer``), or ``leaf``."""
-    return getattr(leaf, "_optimizer", leaf)
 
 
 def _groups(names: list[str], recap_cfg: Any, emb_cfg: Any) -> list[grouping.ParamGroup]:

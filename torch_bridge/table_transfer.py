@@ -26,7 +26,7 @@ needs them; a torch side built from other schedules is refused, naming them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,34 +41,58 @@ from functional_opt.table_rules import FusedAdagradState
 from torch_bridge import recap_transfer, state_transfer
 from torch_bridge import transfer_parts as tp
 from torch_bridge.schedulers import LRShim
-from torch_bridge.workarounds import optimizer_leaves
+from torch_bridge.tables import KERNEL_OPTIMIZERS, KERNELS
+from torch_bridge.workarounds import fused_kernel_settings, optimizer_leaves, wrapped_optimizer
 
-__all__ = ["export_table_state", "import_table_state"]
+__all__ = ["Holder", "export_table_state", "import_table_state"]
 
 
 def _unwrapped(name: str) -> str:
     return name.removeprefix(tp.WRAPPER_PREFIX)
 
 
-def _holders(optimizer: torch.optim.Optimizer) -> dict[str, tuple[torch.optim.Optimizer, Any]]:
-    """Each parameter's optimizer (a keyed leaf) and the key its state is held under, by name and by table.
+class Holder(NamedTuple):
+    """Where a parameter's optimizer state lives: its keyed optimizer, the state's key, whether it is fused."""
+
+    leaf: torch.optim.Optimizer
+    key: Any
+    fused: bool
+
+
+def _holders(optimizer: torch.optim.Optimizer) -> dict[str, Holder]:
+    """Each parameter's :class:`Holder`, by name and by table.
 
     torchrec's fused optimizers name their tables relative to the sharded module
     (``embedding_bags.<table>.weight``), so a table is also found by its name.
     """
     out = {}
-    for leaf, _ in optimizer_leaves(optimizer):
+    for leaf, fused in optimizer_leaves(optimizer):
         for name, param in getattr(leaf, "params", {}).items():
-            out[_unwrapped(name)] = (leaf, param)
+            out[_unwrapped(name)] = Holder(leaf, param, fused)
             table = table_of(name)
             if table is not None:
-                out[table] = (leaf, param)
+                out[table] = Holder(leaf, param, fused)
     return out
 
 
-def _inner(leaf: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """The torch optimizer a torchrec ``KeyedOptimizerWrapper`` wraps (its ``_optimizer``), or ``leaf``."""
-    return getattr(leaf, "_optimizer", leaf)
+def _check_algorithms(owner: str, holders: Mapping[str, Holder], configs: Mapping[str, Any]) -> None:
+    """Refuses tables whose torch optimizer (or fused kernel) runs another algorithm than their config."""
+    problems = []
+    for name, table in configs.items():
+        if name not in holders:  # held by another rank
+            continue
+        holder, algorithm = holders[name], table.optimizer.algorithm_name
+        if holder.fused:
+            runs = fused_kernel_settings(holder.leaf)[0]
+            ok = runs == KERNELS[algorithm]
+        else:
+            inner = wrapped_optimizer(holder.leaf)
+            runs = type(inner).__name__
+            ok = type(inner) is KERNEL_OPTIMIZERS[algorithm]
+        if not ok:
+            problems.append(f"table {name!r}: torch runs {runs}, its config asks for {algorithm}")
+    if problems:
+        raise ValueError(f"{owner}: the torch optimizer was built from other configs: " + "; ".join(problems[:5]))
 
 
 def _check_schedules(
@@ -120,7 +144,7 @@ def _accumulator(table: str, leaf: torch.optim.Optimizer, key: Any) -> tuple[dic
 
 
 def _accumulator_pieces(
-    table: str, holders: Mapping[str, tuple[torch.optim.Optimizer, Any]], shape: tuple[int, ...]
+    table: str, holders: Mapping[str, Holder], shape: tuple[int, ...]
 ) -> list[tuple[tuple[int, ...], np.ndarray]]:
     """The rows of a table's accumulator this rank holds (none when another rank holds the table).
 
@@ -129,7 +153,7 @@ def _accumulator_pieces(
     """
     if table not in holders:
         return []
-    entries, entry = _accumulator(table, *holders[table])
+    entries, entry = _accumulator(table, holders[table].leaf, holders[table].key)
     found = entries.get(entry)
     if found is not None and not hasattr(found, "local_shards"):
         found = found.reshape(shape)
@@ -155,6 +179,7 @@ def export_table_state(
     arrays = {n: tp.whole_array(t) for n, t in tensors.items()}
     tp.check_counts(owner, optimizer, step)
     holders = _holders(optimizer)
+    _check_algorithms(owner, holders, configs)
     with jax.enable_x64(tp.is_float64(owner, arrays)):
         params = tp.nest(arrays)
         template = _template(params, tables, dense)
@@ -187,7 +212,7 @@ def _dense_state(
     params: Any,
     dense: DenseLike,
     optimizer: torch.optim.Optimizer,
-    holders: Mapping[str, tuple[torch.optim.Optimizer, Any]],
+    holders: Mapping[str, Holder],
     tensors: Mapping[str, Any],
     arrays: Mapping[str, np.ndarray],
     step: int,
@@ -197,7 +222,7 @@ def _dense_state(
     if not isinstance(dense, config_lib.OptimizerConfig):
         raise TypeError(f"export_state: the dense optimizer must be a config to move, got {type(dense).__name__}")
     names = [n for n in tensors if table_of(n) is None]
-    leaf = _inner(holders[names[0]][0])
+    leaf = wrapped_optimizer(holders[names[0]][0])
     return state_transfer.generic_state(state, leaf, tensors, arrays, step, config_lib.learning_rate_of(dense))
 
 
@@ -217,6 +242,8 @@ def import_table_state(
     owner = "import_state"
     configs = table_config.table_configs(owner, tables)
     _check_schedules(owner, scheduler, configs, dense)
+    holders = _holders(optimizer)
+    _check_algorithms(owner, holders, configs)
     tensors = tp.trained_tensors(model)
     leaves = tp.leaves_by_name(params)
     tp.check_fit(
@@ -227,7 +254,6 @@ def import_table_state(
         lambda p: _template(p, tables, dense),
         f"build_table_optimizer for tables {list(configs)}",
     )
-    holders = _holders(optimizer)
     inner = {label: masked.inner_state for label, masked in opt_state.inner_states.items()}
     count = state_transfer.count_of(next(iter(inner.values())))
     with torch.no_grad():
@@ -239,14 +265,14 @@ def import_table_state(
                     recap_transfer.write_recap(state, _dense_groups(params, dense), optimizer, tensors)
                 else:
                     names = [n for n in tensors if table_of(n) is None]
-                    leaf = _inner(holders[names[0]][0])
+                    leaf = wrapped_optimizer(holders[names[0]][0])
                     state_transfer.write_generic(leaf, {n: tensors[n] for n in names}, state)
                 continue
             if isinstance(state, FusedAdagradState):
                 ((name, values),) = tp.leaves_by_name(state.accumulator).items()
                 if label not in holders:  # a table this rank does not hold
                     continue
-                leaf, key = holders[label]
+                leaf, key, _ = holders[label]
                 entries, entry = _accumulator(label, leaf, key)
                 if entry in entries and hasattr(entries[entry], "local_shards"):
                     tp.write_whole(entries[entry], np.asarray(values))

@@ -60,6 +60,8 @@ if TYPE_CHECKING:
     from torchrec.optim.keyed import KeyedOptimizer
 
 __all__ = [
+    "KERNELS",
+    "KERNEL_OPTIMIZERS",
     "TableParts",
     "apply_table_optimizers",
     "build_embedding_optimizer",
@@ -75,7 +77,7 @@ TablesLike = table_config.LargeEmbeddingsConfig | Sequence[table_config.Embeddin
 KERNELS = {"sgd": "EXACT_SGD", "adagrad": "EXACT_ADAGRAD", "rowwise_adagrad": "EXACT_ROWWISE_ADAGRAD"}
 
 
-_KERNEL_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+KERNEL_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
     "adagrad": torch.optim.Adagrad,
     "rowwise_adagrad": RowWiseAdagrad,
@@ -85,7 +87,7 @@ _KERNEL_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 def _options(owner: str, table: table_config.EmbeddingBagConfig) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
     """The torch optimizer class and hyper-parameters (without ``lr``) of a table, refused when no kernel runs it."""
     algorithm, options = table_config.fused_options(owner, table)
-    return _KERNEL_OPTIMIZERS[algorithm], options
+    return KERNEL_OPTIMIZERS[algorithm], options
 
 
 def _step0(tables: Sequence[table_config.EmbeddingBagConfig]) -> dict[str, float]:

@@ -53,6 +53,7 @@ __all__ = [
     "optimizer_leaves",
     "set_fused_kernel_learning_rates",
     "set_kernel_grouping_key",
+    "wrapped_optimizer",
 ]
 
 
@@ -113,6 +114,16 @@ def set_kernel_grouping_key(params: Iterable[torch.Tensor], key: str) -> None:
         if not kwargs:
             raise ValueError("set_kernel_grouping_key: the parameter has no in-backward optimizer")
         kwargs[-1]["_batch_key"] = key
+
+
+def wrapped_optimizer(leaf: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer a torchrec ``KeyedOptimizerWrapper`` wraps, or ``leaf`` itself.
+
+    torchrec 1.8's ``KeyedOptimizerWrapper`` keeps it in ``_optimizer`` and has no
+    public accessor; its algorithm (``torch.optim.Adam``, ``Adagrad``, ...) decides
+    which state entries hold the moments.
+    """
+    return getattr(leaf, "_optimizer", leaf)
 
 
 def fused_kernel_settings(leaf: torch.optim.Optimizer) -> tuple[str, float | None]:

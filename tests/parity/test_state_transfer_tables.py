@@ -166,6 +166,17 @@ def test_tables_refusals_change_nothing() -> None:
         torch_bridge.import_state(model, optimizer, scheduler, params, state, tables=other, dense=dense)
     with pytest.raises(ValueError, match="the torch optimizer was built from other configs"):
         torch_bridge.export_state(model, optimizer, scheduler, tables=other, dense=dense)
+    # Same schedule, another algorithm: torch runs Adagrad, the config asks for row-wise Adagrad.
+    swapped = table_config.LargeEmbeddingsConfig(
+        tables=[
+            t.model_copy(update={"optimizer": table_config.TableOptimizerConfig(rowwise_adagrad={"lr": 0.02})})
+            if t.name == "tweet_id"
+            else t
+            for t in tables.tables
+        ]
+    )
+    with pytest.raises(ValueError, match="table 'tweet_id': torch runs Adagrad, its config asks for rowwise_adagrad"):
+        torch_bridge.import_state(model, optimizer, scheduler, params, state, tables=swapped, dense=dense)
     user = dict(params["ebc"]["embedding_bags"])
     user["user_id"] = {"weight": jnp.zeros((3, SPEC.embedding_dim))}
     reshaped = {**params, "ebc": {"embedding_bags": user}}
