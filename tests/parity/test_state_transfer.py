@@ -156,7 +156,8 @@ def test_float32_both_ways(name: str) -> None:
     import_state(model, *built, params, state)
     torch_run(cfg, data, start=RAMP, built=(model, built))
     to_torch = gap(straight, weights(model))
-    print(f"{name} float32 at step {RAMP}: torch -> JAX {to_jax:.3g}, JAX -> torch {to_torch:.3g} (bar {1e-5 * scale:.3g})")
+    bar = 1e-5 * scale
+    print(f"{name} float32 at step {RAMP}: torch -> JAX {to_jax:.3g}, JAX -> torch {to_torch:.3g} (bar {bar:.3g})")
     assert to_torch <= 1e-5 * scale
 
 
