@@ -14,11 +14,13 @@ every schedule's end.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 from transfer_runs import SPEC, gap, jax_steps, torch_steps
@@ -88,6 +90,24 @@ CASES = [pytest.param(torch.float64, s, id=f"float64-switch{s}") for s in SWITCH
 ]
 
 
+@functools.cache
+def jax_recap(float64: bool) -> optax.GradientTransformation:
+    """The JAX recap optimizer for the demo model's params (one per float type: its step compiles once)."""
+    with jax.enable_x64(float64):
+        params = demo_model.params_from_arrays(demo_model.init_arrays(SPEC, 0), jnp.float64 if float64 else jnp.float32)
+        return optimizers.build_recap_optimizer(params, RECAP, EMB)
+
+
+@functools.cache
+def straight_run(dtype: torch.dtype, steps: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The unmoved torch run of ``steps`` steps: ``(initial, final)`` parameters (one run per case, both tests)."""
+    with torch_side(dtype):
+        built = build(dtype)
+        initial = torch_demo.named_arrays(built[0])
+        torch_steps(built, batches(steps), dtype)
+        return initial, torch_demo.named_arrays(built[0])
+
+
 def bar_of(dtype: torch.dtype, straight: dict[str, np.ndarray]) -> float:
     return BAR64 if dtype == torch.float64 else BAR32 * scale_of(straight)
 
@@ -96,11 +116,8 @@ def bar_of(dtype: torch.dtype, straight: dict[str, np.ndarray]) -> float:
 @pytest.mark.parametrize(("dtype", "switch"), CASES)
 def test_recap_torch_then_jax_equals_torch_throughout(dtype: torch.dtype, switch: int) -> None:
     data = batches(2 * switch)
+    initial, straight = straight_run(dtype, 2 * switch)
     with torch_side(dtype):
-        straight_built = build(dtype)
-        initial = torch_demo.named_arrays(straight_built[0])
-        torch_steps(straight_built, data, dtype)
-        straight = torch_demo.named_arrays(straight_built[0])
         first = build(dtype)
         torch_steps(first, data[:switch], dtype)
         params, opt_state, step = torch_bridge.export_state(*first)
@@ -108,7 +125,7 @@ def test_recap_torch_then_jax_equals_torch_throughout(dtype: torch.dtype, switch
     assert step == switch and int(opt_state.count) == switch
     with jax.enable_x64(dtype == torch.float64):
         optimizers.check_state(opt_state, optimizers.build_recap_optimizer(params, RECAP, EMB).init(params))
-        final, _ = jax_steps(optimizers.build_recap_optimizer(params, RECAP, EMB), params, opt_state, data[switch:])
+        final, _ = jax_steps(jax_recap(dtype == torch.float64), params, opt_state, data[switch:])
         moved = demo_model.named_arrays(final)
     worst, bar = gap(straight, moved), bar_of(dtype, straight)
     print(f"recap {dtype}, torch -> JAX at step {switch}: max |Δparam| = {worst:.3g} (bar {bar:.3g})")
@@ -123,14 +140,11 @@ def test_recap_torch_then_jax_equals_torch_throughout(dtype: torch.dtype, switch
 def test_recap_jax_then_torch_equals_torch_throughout(dtype: torch.dtype, switch: int) -> None:
     data = batches(2 * switch)
     jdtype = jnp.float64 if dtype == torch.float64 else jnp.float32
+    initial, straight = straight_run(dtype, 2 * switch)
     with torch_side(dtype):
-        straight_built = build(dtype)
-        initial = torch_demo.named_arrays(straight_built[0])
-        torch_steps(straight_built, data, dtype)
-        straight = torch_demo.named_arrays(straight_built[0])
         with jax.enable_x64(dtype == torch.float64):
             params = demo_model.params_from_arrays(initial, jdtype)
-            tx = optimizers.build_recap_optimizer(params, RECAP, EMB)
+            tx = jax_recap(dtype == torch.float64)
             params, state = jax_steps(tx, params, tx.init(params), data[:switch])
         second = build(dtype)
         torch_bridge.import_state(*second, params, state)

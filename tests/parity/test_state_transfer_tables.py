@@ -13,11 +13,13 @@ torch for N steps, export, JAX for N more == torch for 2N, and the other way.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 from transfer_runs import SPEC, gap, jax_steps, torch_steps
@@ -84,6 +86,14 @@ def tables_of(variant: str) -> table_config.LargeEmbeddingsConfig:
     )
 
 
+@functools.cache
+def jax_tables(variant: str, float64: bool) -> optax.GradientTransformation:
+    """The JAX optimizer of a variant for the demo model's params (one per float type: its step compiles once)."""
+    with jax.enable_x64(float64):
+        params = demo_model.params_from_arrays(demo_model.init_arrays(SPEC, 0), jnp.float64 if float64 else jnp.float32)
+        return optimizers.build_table_optimizer(params, tables_of(variant), VARIANTS[variant][0])
+
+
 def build(variant: str, dtype: torch.dtype) -> tuple[Any, Any, Any]:
     dense, tables = VARIANTS[variant][0], tables_of(variant)
     model: torch.nn.Module = torch_demo.DemoRankingModel(SPEC, seed=0, dtype=dtype)
@@ -118,7 +128,7 @@ def test_tables_move_both_ways(variant: str, dtype: torch.dtype, switch: int) ->
         params, opt_state, step = torch_bridge.export_state(*first, tables=tables, dense=dense)
         assert step == switch
         with jax.enable_x64(dtype == torch.float64):
-            tx = optimizers.build_table_optimizer(params, tables, dense)
+            tx = jax_tables(variant, dtype == torch.float64)
             optimizers.check_state(opt_state, tx.init(params))
             accumulators = {
                 k: s.inner_state.accumulator
