@@ -96,6 +96,7 @@ def run_switch(
 
     tables = list(loaded.table_optimizers)
     moves = {"tables": loaded.tables, "dense": loaded.optimizer} if tables else {}
+    fused = bool(tables) and dtype == "float32"
 
     def label_of(group: Mapping[str, Any]) -> str | list[str]:
         return torch_labels(group, tables) if tables else group_label(group, kind, algorithm)
@@ -108,11 +109,10 @@ def run_switch(
         print(note, file=out)
     print(
         f"model: demo multi-task model, towers {list(spec.tasks)}, tables {[t for t, _ in spec.tables]} "
-        f"({tables_in_torch(dtype, bool(loaded.table_optimizers) and dtype == 'float32')} in torch); "
+        f"({tables_in_torch(dtype, fused)} in torch); "
         f"{steps} steps of batch {BATCH_SIZE}, seed {seed}, {dtype}; the run moves at step {switch_at}",
         file=out,
     )
-    fused = bool(tables) and dtype == "float32"
     with quiet_torch(), torch_demo.single_process_group() if fused else contextlib.nullcontext():
         names = [n for n, _ in torch_demo.DemoRankingModel(spec, seed=seed, dtype=torch_dtype).named_parameters()]
         groups = table_groups(loaded, names) if tables else check_groups(loaded, names, emb)
