@@ -164,27 +164,21 @@ def test_tables_refusals_change_nothing() -> None:
     before = {n: p.clone() for n, p in model.named_parameters()}
     sums = {n: optimizer.state[p]["sum"].clone() for n, p in model.named_parameters() if "embedding_bags" in n}
     params, state, _ = torch_bridge.export_state(model, optimizer, scheduler, tables=tables, dense=dense)
-    other = table_config.LargeEmbeddingsConfig(
-        tables=[
-            t.model_copy(update={"optimizer": table_config.TableOptimizerConfig(sgd={"lr": 0.5})})
-            if t.name == "tweet_id"
-            else t
-            for t in tables.tables
-        ]
-    )
+
+    def tweet_on(optimizer: dict) -> table_config.LargeEmbeddingsConfig:
+        """The same tables with ``tweet_id`` on another optimizer."""
+        new = table_config.TableOptimizerConfig(**optimizer)
+        return table_config.LargeEmbeddingsConfig(
+            tables=[t.model_copy(update={"optimizer": new}) if t.name == "tweet_id" else t for t in tables.tables]
+        )
+
+    other = tweet_on({"sgd": {"lr": 0.5}})
     with pytest.raises(ValueError, match="tweet_id: torch's schedule"):
         torch_bridge.import_state(model, optimizer, scheduler, params, state, tables=other, dense=dense)
     with pytest.raises(ValueError, match="the torch optimizer was built from other configs"):
         torch_bridge.export_state(model, optimizer, scheduler, tables=other, dense=dense)
     # Same schedule, another algorithm: torch runs Adagrad, the config asks for row-wise Adagrad.
-    swapped = table_config.LargeEmbeddingsConfig(
-        tables=[
-            t.model_copy(update={"optimizer": table_config.TableOptimizerConfig(rowwise_adagrad={"lr": 0.02})})
-            if t.name == "tweet_id"
-            else t
-            for t in tables.tables
-        ]
-    )
+    swapped = tweet_on({"rowwise_adagrad": {"lr": 0.02}})
     with pytest.raises(ValueError, match="table 'tweet_id': torch runs Adagrad, its config asks for rowwise_adagrad"):
         torch_bridge.import_state(model, optimizer, scheduler, params, state, tables=swapped, dense=dense)
     user = dict(params["ebc"]["embedding_bags"])
