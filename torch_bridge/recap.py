@@ -62,6 +62,8 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from functional_opt import config as config_lib
 from functional_opt import grouping, schedule_plan
 from functional_opt.config_file import EMBEDDINGS
+from torch_bridge.flat_adam import FlatAdam
+from torch_bridge.flat_buffers import unviewable
 from torch_bridge.keyed import RecapOptimizer
 from torch_bridge.optimizers import can_fuse_adam, initial_lr
 from torch_bridge.recap_scheduler import RecapLRShim
@@ -82,6 +84,7 @@ def build_recap_optimizer(
     *,
     tensor_lr: bool = False,
     tables: TablesLike | None = None,
+    flat: bool = False,
 ) -> tuple[CombinedOptimizer, LRShim]:
     """Builds TML's recap optimizer and its scheduler.
 
@@ -99,6 +102,10 @@ def build_recap_optimizer(
             gets a param group named after its tables, driven by their schedule
             (see :func:`torch_bridge.tables.build_embedding_optimizer`; apply
             :func:`torch_bridge.apply_table_optimizers` before sharding).
+        flat: step the Adam groups as one :class:`~torch_bridge.flat_adam.FlatAdam`
+            (the towers' and backbone's parameters become views of one buffer per
+            dtype; one pass per step instead of torch's cost per group). Its param
+            groups and state are ``Adam(fused=True)``'s, so checkpoints load either way.
 
     Returns:
         ``(optimizer, scheduler)``: a torchrec ``CombinedOptimizer`` (see the module
@@ -109,7 +116,8 @@ def build_recap_optimizer(
         ValueError: a tower matches no parameter, a parameter matches two towers,
             learning rates are missing or extra for some groups (all named), the
             model has a fused embedding optimizer but no embedding learning rate,
-            or in-backward parameters that no fused optimizer exposes.
+            or in-backward parameters that no fused optimizer exposes, or (with
+            ``flat``) Adam parameters that cannot become views of one buffer (named).
         TypeError: a config of the wrong type.
     """
     if not isinstance(recap_config, config_lib.RecapOptimizerConfig):
@@ -148,8 +156,12 @@ def build_recap_optimizer(
         adam_param_groups = [_torch_group(g, named, tensor_lr, starts[g.name]) for g in adam_groups]
         adam = recap_config.adam
         use_fused = can_fuse_adam(adam_params.values())
+        if flat:
+            _check_flat(adam_params)
 
         def make_adam(_: Any) -> torch.optim.Optimizer:
+            if flat:
+                return FlatAdam(adam_param_groups, betas=(adam.beta_1, adam.beta_2), eps=adam.epsilon)
             return torch.optim.Adam(
                 adam_param_groups,
                 betas=(adam.beta_1, adam.beta_2),
@@ -195,6 +207,18 @@ def _torch_group(
     """A torch param group for ``group``, named and at its schedule's step-0 value ``start`` (a float or a tensor)."""
     params = [named[n] for n in group.param_names]
     return {"params": params, "lr": initial_lr(group.learning_rate, params, tensor_lr, start), "name": group.name}
+
+
+def _check_flat(named: Mapping[str, torch.Tensor]) -> None:
+    """Refuses, naming them, the Adam parameters that cannot become views of one buffer."""
+    names = list(named)
+    problems = unviewable(list(named.values()))
+    if problems:
+        listed = "; ".join(f"{names[i]}: {why}" for i, why in problems)
+        raise ValueError(
+            f"build_recap_optimizer(flat=True): these parameters cannot become views of one buffer: {listed}; "
+            "build without flat=True"
+        )
 
 
 def _name_fused_groups(fused: KeyedOptimizer) -> None:
