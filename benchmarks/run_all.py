@@ -34,12 +34,14 @@ if __package__ in (None, ""):
 import bench_build_scale
 import bench_common
 import bench_compile
+import bench_flat
 import bench_jax
 import bench_jax_scale
 import bench_optimizer
 import bench_scale
 import bench_scheduler
 import bench_yaml
+import flat_sections
 import plot_lr_curves
 import scale_sections
 from bench_markdown import ratio_cells as _ratio
@@ -349,6 +351,7 @@ def run(output: Path, docs: Path, quick: bool = False) -> dict[str, Any]:
             "scheduler step, tensor lr", lambda: bench_scheduler.run(*((3, 8) if q else (30, 1024)), tensor_lr=True)
         ),
         "optimizer": _timed("optimizer step", lambda: bench_optimizer.run(*((2, 2) if q else (100, 10)))),
+        "flat": _timed("flat recap step", lambda: bench_flat.run(quick=q)),
         "compile": _timed(
             "torch.compile",
             lambda: bench_compile.run(5, cases=(bench_compile.RECAP,)) if q else bench_compile.run(bench_compile.STEPS),
@@ -370,6 +373,7 @@ def run(output: Path, docs: Path, quick: bool = False) -> dict[str, Any]:
     for text, rows in (
         scheduler_section(results["scheduler"], results["scheduler_tensor"]),
         optimizer_section(results["optimizer"]),
+        flat_sections.flat_section(results["flat"]),
         compile_section(results["compile"]),
         jax_section(results["jax"]),
         scale_sections.build_scale_section(results["build_scale"]),

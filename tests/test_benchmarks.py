@@ -54,6 +54,32 @@ def test_lr_curves_of_the_examples(tmp_path: Path) -> None:
     assert "backbone" in recap and len(recap) > 2
 
 
+def test_bench_flat_returns_its_tables() -> None:
+    """A smoke run of the flat recap step at two sizes: the structure of the results, not the timings."""
+    bench = load("bench_flat")
+    sizes = ("12 towers", "100 towers")
+    results = bench.run(sizes=sizes, quick=True)
+    assert results["threads"] == 1
+    assert list(results["sizes"]) == list(sizes)
+    contenders = {"bridge flat", "bridge per group", "flat fused Adam", "memory floor"}
+    ratios = {"bridge flat / flat fused Adam", "bridge flat / floor", "bridge per group / bridge flat"}
+    for name, entry in results["sizes"].items():
+        assert entry["towers"] == bench.SIZES[name][0]
+        assert entry["adam_elements"] > 0
+        assert set(entry["us_per_step"]) == contenders
+        assert ratios <= set(entry["ratios"])
+        for record in (*entry["us_per_step"].values(), *entry["ratios"].values()):
+            assert set(record) == {"median", "min", "max"}
+            assert 0 < record["min"] <= record["median"] <= record["max"]
+    ok = bench.passes(results)
+    assert set(ok) == {f"{name}: bridge flat / flat fused Adam" for name in sizes}
+    assert all(isinstance(v, bool) for v in ok.values())
+    assert "bridge flat / flat fused Adam" in bench.format_results(results)
+    text, summary = load("flat_sections").flat_section(results)
+    assert text.startswith("## Flat recap step") and "### GPU" in text and "Not measured" in text
+    assert [row[0] for row in summary] == [f"flat recap step: bridge flat / flat fused Adam ({name})" for name in sizes]
+
+
 @pytest.mark.slow
 def test_run_all_quick_writes_the_report_and_figures(tmp_path: Path) -> None:
     run_all = load("run_all")
@@ -62,7 +88,7 @@ def test_run_all_quick_writes_the_report_and_figures(tmp_path: Path) -> None:
     text = output.read_text()
     for heading in ("## Bars", "## Scheduler step", "## Optimizer step", "## torch.compile", "## JAX side"):
         assert heading in text
-    for heading in ("## Scale", "## GPU", "## Learning-rate curves"):
+    for heading in ("## Flat recap step", "## Scale", "## GPU", "## Learning-rate curves"):
         assert heading in text
     assert "Smoke run" in text and ("PASS" in text or "FAIL" in text)
     assert (tmp_path / "docs" / run_all.SCALE_PNG).stat().st_size > 0

@@ -114,6 +114,10 @@ class FlatAdam(torch.optim.Adam):
             if members:
                 params, group_of = [p for _, p in members], [gi for gi, _ in members]
                 self._buffers.append(FlatBuffer.build(params, dtype, self.state, group_of))
+        for group in self.param_groups:
+            if group["amsgrad"]:  # stepped by torch's Adam, which expects the entry from the first step on
+                for p in group["params"]:
+                    self.state[p]["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         self._hyper = list(map(_KERNEL_HYPER, self.param_groups))
         self._uniform = len({h[:4] for h in self._hyper}) <= 1
         self._warned: set[str] = set()

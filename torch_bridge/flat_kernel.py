@@ -39,8 +39,8 @@ __all__ = ["SOURCE", "adam_kernel", "kernel_problem"]
 SOURCE = Path(__file__).with_name("flat_adam_kernel.c")
 # -march=native first (the library is built on the machine that runs it), then portable flags.
 _FLAG_SETS = (
-    ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared"),
-    ("-O3", "-fno-math-errno", "-fPIC", "-shared"),
+    ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared"),
+    ("-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared"),
 )
 _SYMBOLS = {torch.float32: "flat_adam_float32", torch.float64: "flat_adam_float64"}
 _ARGTYPES = [ctypes.c_void_p] * 8 + [ctypes.c_int64] + [ctypes.c_double] * 4 + [ctypes.c_int32]

@@ -22,6 +22,10 @@ processes, loads that checkpoint and trains steps 15..29.
 ``build_recap_optimizer(..., tables=TABLES)``) and checkpoints through DCP
 (``torch.distributed.checkpoint``, both ranks writing one checkpoint); the
 record then also holds the fused optimizers' accumulators of the tables this rank owns.
+
+``variant="flat"`` is the recap run built with ``flat=True``: the dense Adam
+groups step as one ``FlatAdam`` whose gradients arrive through the buckets of
+DMP's ``DistributedDataParallel`` (``gradient_as_bucket_view=True``).
 """
 
 from __future__ import annotations
@@ -99,7 +103,7 @@ TABLES = table_config.LargeEmbeddingsConfig(
         for (name, rows), optimizer in zip(SPEC.tables, TABLE_OPTIMIZERS, strict=True)
     ]
 )
-VARIANTS = ("recap", "tables")
+VARIANTS = ("recap", "tables", "flat")
 
 
 def batches() -> list[Batch]:
@@ -179,7 +183,7 @@ def build(variant: str = "recap") -> tuple[torch.nn.Module, Any, Any]:
     if variant == "tables":
         optimizer, scheduler = build_recap_optimizer(model, RECAP_CONFIG, tables=TABLES)
     else:
-        optimizer, scheduler = build_recap_optimizer(model, RECAP_CONFIG, EMB_CONFIG)
+        optimizer, scheduler = build_recap_optimizer(model, RECAP_CONFIG, EMB_CONFIG, flat=variant == "flat")
     return model, optimizer, scheduler
 
 
@@ -361,7 +365,7 @@ def run_rank(rank: int, world_size: int, port: int, out: str, run: str, variant:
     try:
         out_dir = Path(out)
         model, optimizer, scheduler = build(variant)
-        # The recap run checkpoints with torch.save per rank, the per-table run through DCP.
+        # The recap and flat runs checkpoint with torch.save per rank, the per-table run through DCP.
         if variant == "tables":
             checkpoint, save, load = out_dir / "dcp_checkpoint", save_dcp, load_dcp
         else:

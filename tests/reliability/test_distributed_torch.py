@@ -29,10 +29,12 @@ scheduler.step``:
   into a fresh build writes every rank's shards, accumulators, dense parameters
   and step back bitwise.
 
-All of it twice: the recap optimizer with one embedding schedule (fused SGD,
+All of it three times: the recap optimizer with one embedding schedule (fused SGD,
 checkpoints by ``torch.save`` per rank), and with every table on its own
 optimizer and schedule (exact Adagrad and exact row-wise Adagrad, whose
 accumulators must resume bitwise too; one DCP checkpoint written by both ranks).
+And a third time with ``build_recap_optimizer(..., flat=True)``: the dense Adam
+groups in one buffer, their gradients copied in from DDP's buckets.
 """
 
 from __future__ import annotations
