@@ -5,6 +5,8 @@ It is torchrec's own class with these changes:
 * ``step(closure)`` evaluates the closure once and returns its loss (torchrec
   hands the closure to every child optimizer, so a training step ran once per
   child);
+* ``zero_grad(set_to_none)`` passes ``set_to_none`` on to the wrapped torch
+  optimizers (torchrec's wrapper drops it);
 * ``state_dict()`` also records each param group (name, parameter keys and
   hyper-parameters), so a state of another grouping or other hyper-parameters
   is told apart, and DCP's ``get_state_dict`` finds the ``param_groups`` entry it needs;
@@ -63,6 +65,23 @@ class RecapOptimizer(CombinedOptimizer):
         loss, closure = evaluate_closure_once(closure)
         super().step(closure=closure)
         return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Every child's ``zero_grad(set_to_none)``; by default gradients become None, as before.
+
+        torchrec's ``KeyedOptimizerWrapper.zero_grad`` drops its ``set_to_none``
+        argument and calls the wrapped optimizer's ``zero_grad()`` (gradients set to
+        None whatever was asked), and ``CombinedOptimizer.zero_grad`` defaults to
+        False. Here the argument reaches the wrapped torch optimizers, and the
+        default is what the dense optimizers always got: None.
+        ``zero_grad(set_to_none=False)`` zeroes the gradients in place (with
+        ``flat=True``: the gradient buffer in one call, the fastest loop).
+        """
+        for _, child in self._optims:
+            if isinstance(child, KeyedOptimizerWrapper):
+                wrapped_optimizer(child).zero_grad(set_to_none=set_to_none)
+            else:
+                child.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
         """torchrec's keyed state plus the param groups (names, parameter keys and hyper-parameters)."""

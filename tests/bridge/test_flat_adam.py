@@ -376,3 +376,20 @@ def test_without_a_compiler_it_steps_with_torch_adam_and_says_why(monkeypatch, t
         assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
     finally:
         flat_kernel._library.cache_clear()
+
+
+def test_the_recap_optimizer_passes_set_to_none_on() -> None:
+    """torchrec's wrapper drops ``set_to_none``; the recap optimizer hands it to FlatAdam and torch's Adam."""
+    for flat in (True, False):
+        model, optimizer, _ = recap_pair(flat=flat)
+        batch = toys.make_batches(1)[0]
+        toys.loss_fn(model, batch).backward()
+        optimizer.step()
+        dense = [p for n, p in model.named_parameters() if not n.startswith(("ebc.", "side."))]
+        optimizer.zero_grad(set_to_none=False)
+        assert all(p.grad is not None and not p.grad.any() for p in dense)
+        if flat:
+            adam = wrapped_optimizer(optimizer._optims[0][1])
+            assert all(p.grad.untyped_storage().data_ptr() == adam._buffers[0].grad.data_ptr() for p in dense)
+        optimizer.zero_grad()
+        assert all(p.grad is None for p in dense)
