@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterator
 
 import bridge_toys as toys
 import pytest
 import torch
 import torch._dynamo
-from torch._dynamo.utils import clear_compilation_metrics, counters
+from torch._dynamo.utils import counters
 
 from torch_bridge import build_recap_optimizer, flat_kernel
 from torch_bridge.flat_adam import FlatAdam
@@ -260,17 +259,17 @@ def test_torch_format_state_dict_loads_into_the_buffers() -> None:
     assert torch.equal(other._buffers[0].steps, flat._buffers[0].steps)
 
 
-@pytest.fixture
-def fresh_dynamo() -> Iterator[None]:
+@pytest.mark.slow
+def test_compiled_flat_step_with_tensor_lr_does_not_recompile() -> None:
     torch._dynamo.reset()
     counters.clear()
-    clear_compilation_metrics()
-    yield
-    torch._dynamo.reset()
+    try:
+        _compiled_flat_run()
+    finally:
+        torch._dynamo.reset()
 
 
-@pytest.mark.slow
-def test_compiled_flat_step_with_tensor_lr_does_not_recompile(fresh_dynamo: None) -> None:
+def _compiled_flat_run() -> None:
     batches = toys.make_batches(30)
     model, opt, sched = recap_pair(flat=True, tensor_lr=True)
     eager, eager_opt, eager_sched = recap_pair(flat=True, tensor_lr=True)
