@@ -118,8 +118,6 @@ class FlatAdam(torch.optim.Adam):
             if group["amsgrad"]:  # stepped by torch's Adam, which expects the entry from the first step on
                 for p in group["params"]:
                     self.state[p]["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        self._hyper = list(map(_KERNEL_HYPER, self.param_groups))
-        self._uniform = len({h[:4] for h in self._hyper}) <= 1
         self._warned: set[str] = set()
         self._building = False
 
@@ -191,8 +189,8 @@ class FlatAdam(torch.optim.Adam):
         if hasattr(self, "grad_scale") and getattr(self, "grad_scale", None) is not None:
             return "AMP's grad_scale is set"
         hyper = list(map(_KERNEL_HYPER, self.param_groups))
-        if hyper != self._hyper or not self._uniform:
-            return "the param groups' betas, eps, weight_decay or maximize differ or changed"
+        if hyper.count(hyper[0]) != len(hyper):  # the loop takes one set for all groups; each its own lr
+            return "the param groups' betas, eps, weight_decay, maximize or amsgrad differ"
         betas, eps, weight_decay, maximize, amsgrad, decoupled, differentiable = hyper[0]
         if amsgrad or differentiable or (decoupled and weight_decay):
             return "amsgrad, differentiable or decoupled weight decay is set"

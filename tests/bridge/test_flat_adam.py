@@ -392,3 +392,32 @@ def test_the_recap_optimizer_passes_set_to_none_on() -> None:
             assert all(p.grad.untyped_storage().data_ptr() == adam._buffers[0].grad.data_ptr() for p in dense)
         optimizer.zero_grad()
         assert all(p.grad is None for p in dense)
+
+
+def test_betas_changed_for_every_group_keep_the_loop_and_differing_ones_fall_back() -> None:
+    """A scheduler may move beta1 (OneCycleLR does): the loop takes the current values; torch takes them per group."""
+
+    def cycle(k: int, modules: list[torch.nn.Module], optimizer: torch.optim.Adam, per_group: bool) -> None:
+        for i, group in enumerate(optimizer.param_groups):
+            group["betas"] = (0.9 - 0.1 * k * (i if per_group else 1) / 10, 0.999)
+
+    for per_group in (False, True):
+        flat_modules, torch_modules = towers((torch.float64,)), towers((torch.float64,))
+        flat = FlatAdam(groups_of(flat_modules))
+        reference = torch.optim.Adam(groups_of(torch_modules), fused=True)
+        generator = torch.Generator().manual_seed(7)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for k in range(4):
+                set_grads(flat_modules, generator)
+                for a, b in zip(torch_modules, flat_modules, strict=True):
+                    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+                        p.grad = q.grad.clone()
+                cycle(k, flat_modules, flat, per_group)
+                cycle(k, torch_modules, reference, per_group)
+                flat.step()
+                reference.step()
+        assert any("differ" in str(w.message) for w in caught) is per_group
+        for a, b in zip(flat_modules, torch_modules, strict=True):
+            for p, q in zip(a.parameters(), b.parameters(), strict=True):
+                assert ulps(p, q) <= 4 * ULP_BAR
