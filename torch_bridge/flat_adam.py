@@ -18,9 +18,10 @@ What stays torch's: the param groups (same keys and values as
 ``Adam(fused=True)``), the state (same entries, shapes and dtypes, keyed by
 parameter), so checkpoints load across the flat and the per-group optimizers;
 a parameter whose ``.grad`` is None is skipped and keeps its own step count;
-``zero_grad()`` sets gradients to None (the next step copies the fresh
-gradients into the buffer once) and ``zero_grad(set_to_none=False)`` zeroes
-the buffer in one call. Whatever the loop does not cover (``amsgrad``,
+``zero_grad()`` sets gradients to None (each step then copies autograd's
+fresh gradients into the buffer, in one call) and ``zero_grad(set_to_none=False)``
+makes them views of the buffer and zeroes it in one call (backward then
+accumulates in place: the fastest loop). Whatever the loop does not cover (``amsgrad``,
 decoupled weight decay, AMP's ``grad_scale``, groups whose betas, eps, weight
 decay or maximize differ, a parameter whose ``.data`` was replaced since, a
 machine without a C compiler) is stepped by torch's own fused Adam on the same
@@ -145,15 +146,16 @@ class FlatAdam(torch.optim.Adam):
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """torch's ``zero_grad``; ``set_to_none=False`` zeroes each gradient buffer in one call where it can."""
+        """torch's ``zero_grad``; ``set_to_none=False`` zeroes each gradient buffer in one call.
+
+        With ``set_to_none=False`` the gradients become views of the buffer (see
+        :meth:`~torch_bridge.flat_buffers.FlatBuffer.zero_grads`): the fastest loop.
+        """
         if set_to_none:
             super().zero_grad(set_to_none=True)
             return
         for buffer in self._buffers:
-            if not buffer.zero_grads():
-                for p in buffer.params:
-                    if p.grad is not None:
-                        p.grad.zero_()
+            buffer.zero_grads()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's ``load_state_dict``, the loaded state then copied into the buffers.

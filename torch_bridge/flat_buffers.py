@@ -23,7 +23,9 @@ Example:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import MutableMapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -94,6 +96,7 @@ class FlatBuffer:
         self.steps = torch.zeros(len(params), dtype=torch.float32)
         self._param_count = -1
         self._grad_count = -1
+        self._grad_alone = _use_count(self.grad)  # no parameter's .grad views the gradient buffer
 
     @classmethod
     def build(
@@ -150,9 +153,18 @@ class FlatBuffer:
             that have one; None when one cannot be copied in (sparse, another shape
             or dtype), with nothing changed.
         """
-        if _use_count(self.grad) == self._grad_count:
+        count = _use_count(self.grad)
+        if count == self._grad_count:
             return True
         grads = [p.grad for p in self.params]
+        # ``None in grads`` would compare tensors with ``==``: identity only.
+        if (
+            count == self._grad_alone
+            and grads
+            and all(map(operator.is_not, grads, repeat(None)))
+            and self._copy_all(grads)
+        ):
+            return True
         base, size = self.grad.data_ptr(), self.grad.element_size()
         foreign = [
             i
@@ -176,12 +188,47 @@ class FlatBuffer:
             return True
         return present
 
-    def zero_grads(self) -> bool:
-        """Zeroes :attr:`grad` in one call when every parameter's gradient is its view; returns whether it did."""
-        if self.gradients() is not True:
+    def _copy_all(self, grads: list[torch.Tensor]) -> bool:
+        """Copies every gradient (none of them a view of :attr:`grad`) into it in one call; False if it cannot.
+
+        What a loop with ``zero_grad()`` hands over at every step: autograd's fresh
+        gradients. torch's ``.grad`` setter and autograd keep each gradient's shape,
+        dtype and device those of its parameter; a sparse one is left to the caller.
+        The parameters' ``.grad`` stay the given tensors (making each a view would
+        cost a Python object per parameter per step).
+        """
+        try:
+            flat = torch._utils._flatten_dense_tensors(grads)
+        except RuntimeError:
             return False
-        self.grad.zero_()
+        if flat.numel() != self.grad.numel() or flat.dtype != self.grad.dtype:
+            return False
+        self.grad.copy_(flat)
         return True
+
+    def zero_grads(self) -> None:
+        """Zeroes every present gradient, as ``zero_grad(set_to_none=False)`` does: :attr:`grad` in one call.
+
+        A gradient that is not a view of :attr:`grad` (autograd's fresh one after
+        ``zero_grad()``) is replaced by its zeroed view, once: from then on backward
+        accumulates into the buffer and each step reads it in place. Gradients that
+        are None stay None; a sparse one is zeroed where it is.
+        """
+        if _use_count(self.grad) != self._grad_count:
+            base, size = self.grad.data_ptr(), self.grad.element_size()
+            with torch.no_grad():
+                for i, p in enumerate(self.params):
+                    g = p.grad
+                    if g is None or (g.numel() and g.data_ptr() == base + int(self.starts[i]) * size):
+                        continue
+                    if g.layout != torch.strided:
+                        g.zero_()
+                    else:
+                        p.grad = self._view(self.grad, i)
+                del g
+            if all(p.grad is not None for p in self.params):
+                self._grad_count = _use_count(self.grad)
+        self.grad.zero_()
 
     def reattach(self, state: MutableMapping[torch.Tensor, Any]) -> None:
         """Copies each state entry that is not a view of the buffers into them and makes the entry the view."""

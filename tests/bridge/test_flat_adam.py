@@ -134,13 +134,16 @@ def test_parameters_gradients_and_state_are_views_of_one_buffer_per_dtype() -> N
         for p in buffer.params:
             assert flat.state[p]["exp_avg"].untyped_storage().data_ptr() == buffer.exp_avg.untyped_storage().data_ptr()
     sum(m(torch.ones(2, 5, dtype=m[0].weight.dtype)).sum() for m in modules).backward()
-    flat.step()
+    flat.step()  # autograd's fresh gradients, copied into the buffer
+    flat.zero_grad(set_to_none=False)  # now views of it, zeroed
     for buffer in flat._buffers:
         grad = buffer.grad.untyped_storage().data_ptr()
         assert all(p.grad.untyped_storage().data_ptr() == grad for p in buffer.params)
+        assert not buffer.grad.any()
     # Gradients accumulate into the views in place from now on.
     sum(m(torch.ones(2, 5, dtype=m[0].weight.dtype)).sum() for m in modules).backward()
     for buffer in flat._buffers:
+        assert buffer.grad.any()
         assert all(
             p.grad.untyped_storage().data_ptr() == buffer.grad.untyped_storage().data_ptr() for p in buffer.params
         )
