@@ -64,6 +64,7 @@ def run_lrs(opt: torch.optim.Optimizer, sched: LRShim, steps: int = STEPS) -> li
 
 def test_public_names() -> None:
     assert torch_bridge.__all__ == [
+        "FlatAdam",
         "LRShim",
         "RecapLRShim",
         "apply_table_optimizers",
