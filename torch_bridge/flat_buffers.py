@@ -146,7 +146,12 @@ class FlatBuffer:
         return True
 
     def gradients(self) -> np.ndarray | bool | None:
-        """Makes every present gradient a view of :attr:`grad`, copying it in where it is not one.
+        """Brings every present gradient into :attr:`grad`.
+
+        When no parameter's gradient views the buffer yet and none is None (what
+        autograd leaves after ``zero_grad()``), all are copied in with one call and
+        the parameters keep them. Otherwise each gradient that is not a view is
+        copied in and replaced by its view.
 
         Returns:
             True when every parameter has a gradient, else the boolean mask of those
